@@ -1,0 +1,109 @@
+"""Image and prompt helpers with LLaVA's names and behaviour (LLaVA-1.5: `pad` aspect ratio)."""
+
+from __future__ import annotations
+
+import base64
+import os
+from io import BytesIO
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from llava.constants import IMAGE_TOKEN_INDEX
+
+
+def load_image(path_or_url: str) -> Image.Image:
+    """Open an image file as RGB, or fail with an error that names the file."""
+    if path_or_url.startswith(("http://", "https://")):
+        import urllib.request
+
+        with urllib.request.urlopen(path_or_url) as resp:  # noqa: S310 - user-supplied URL, as in LLaVA
+            data = resp.read()
+        return Image.open(BytesIO(data)).convert("RGB")
+    if not os.path.isfile(path_or_url):
+        raise FileNotFoundError(f"image file not found: {path_or_url}")
+    try:
+        with Image.open(path_or_url) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"cannot read image {path_or_url}: {err}; is it a valid PNG/JPEG file?") from err
+
+
+def load_image_from_base64(image: str) -> Image.Image:
+    return Image.open(BytesIO(base64.b64decode(image)))
+
+
+def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
+    """Pad to a square canvas of side max(w, h), centring the image on the short axis (LLaVA's placement)."""
+    width, height = pil_img.size
+    if width == height:
+        return pil_img
+    side = max(width, height)
+    canvas = Image.new(pil_img.mode, (side, side), background_color)
+    canvas.paste(pil_img, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+def _pixel_values(image_processor, image) -> torch.Tensor:
+    out = image_processor(images=image, return_tensors="pt")
+    return out["pixel_values"][0]
+
+
+def process_images(images, image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
+    """Preprocess PIL images as LLaVA-1.5 does: pad to square with the CLIP mean colour, then CLIP resize/crop."""
+    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    if aspect == "anyres":
+        raise NotImplementedError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported yet")
+    new_images = []
+    for image in images:
+        if aspect == "pad":
+            fill = tuple(int(x * 255) for x in image_processor.image_mean)
+            image = expand2square(image, fill)
+        new_images.append(_pixel_values(image_processor, image))
+    if all(x.shape == new_images[0].shape for x in new_images):
+        return torch.stack(new_images, dim=0)
+    return new_images
+
+
+def tokenizer_image_token(prompt: str, tokenizer, image_token_index=IMAGE_TOKEN_INDEX, return_tensors=None):
+    """Tokenize `prompt` with each "<image>" replaced by `image_token_index`.
+
+    Each text chunk is tokenized on its own (so the chunk after an image gets SentencePiece's leading "▁",
+    exactly as in LLaVA); one BOS is kept at the start and the chunks' own BOS tokens are dropped.
+    """
+    chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
+    bos = tokenizer.bos_token_id
+    input_ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and bos is not None and chunks[0][0] == bos:
+        offset = 1
+        input_ids.append(bos)
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            input_ids.append(image_token_index)
+        input_ids.extend(chunk[offset:])
+    if return_tensors is None:
+        return input_ids
+    if return_tensors == "pt":
+        return torch.tensor(input_ids, dtype=torch.long)
+    raise ValueError(f"unsupported return_tensors {return_tensors!r}; use 'pt' or None")
+
+
+def get_model_name_from_path(model_path: str) -> str:
+    parts = model_path.strip("/").split("/")
+    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
+        return parts[-2] + "_" + parts[-1]
+    return parts[-1]
+
+
+class KeywordsStoppingCriteria:
+    """Stop when any keyword appears at the end of every sequence's generated text (LLaVA's demo helper)."""
+
+    def __init__(self, keywords, tokenizer, input_ids):
+        self.keywords = keywords
+        self.tokenizer = tokenizer
+        self.start_len = input_ids.shape[1]
+
+    def __call__(self, output_ids: torch.Tensor, scores=None, **kwargs) -> bool:
+        texts = self.tokenizer.batch_decode(output_ids[:, -8:], skip_special_tokens=True)
+        return all(any(k in t for k in self.keywords) for t in texts)

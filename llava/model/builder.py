@@ -1,0 +1,157 @@
+"""load_pretrained_model: LLaVA's loader, for LLaVA-format and transformers-format checkpoints alike."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from llava.model.checkpoint import load_weights, meta_parameters, weight_files
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+
+_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float32": torch.float32, "fp32": torch.float32}
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(name)
+
+
+def resolve_model_path(model_path: str) -> str:
+    """A local folder as is; a hub id downloaded (only when online); otherwise an error naming the path."""
+    path = os.path.expanduser(model_path)
+    if os.path.isdir(path):
+        return path
+    if _looks_like_hub_id(model_path) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", ""):
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(model_path)
+    raise FileNotFoundError(
+        f"model folder not found: {model_path!r}. Pass a local checkpoint folder or a hub id such as "
+        "liuhaotian/llava-v1.5-7b (downloads need network access)."
+    )
+
+
+def resolve_vision_tower(name: str | None, model_path: str) -> str:
+    if not name:
+        raise ValueError(
+            f"{os.path.join(model_path, 'config.json')} has no 'mm_vision_tower': this is not a LLaVA checkpoint "
+            "(LLaVA-1.5 configs name the CLIP tower, e.g. openai/clip-vit-large-patch14-336)"
+        )
+    for candidate in (os.path.expanduser(name), os.path.join(model_path, name)):
+        if os.path.isdir(candidate):
+            return candidate
+    if _looks_like_hub_id(name) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", ""):
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name)
+    raise FileNotFoundError(
+        f"vision tower {name!r} (mm_vision_tower in {model_path}/config.json) was not found as a folder. "
+        "Download it, or pass vision_tower=/path/to/clip-vit-large-patch14-336 (CLI: --vision-tower)."
+    )
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
+                          device_map="auto", device=None, torch_dtype=None, attn_implementation="sdpa",
+                          use_flash_attn=False, vision_tower=None, prune=None, **kwargs):
+    """Load a LLaVA-1.5 checkpoint; returns (tokenizer, model, image_processor, context_len).
+
+    model_path: a local folder or a hub id, in LLaVA's format (`model_type` llava / llava_llama, the CLIP tower
+    fetched from `mm_vision_tower`) or transformers' (`LlavaForConditionalGeneration`, tower inside).
+    device: "cuda", "cpu", ... (default: cuda when available). torch_dtype: default float16 on a GPU and
+    float32 on the CPU. prune: an `entropyprune.PruneConfig` to turn visual-token pruning on.
+    """
+    if load_8bit or load_4bit:
+        raise NotImplementedError("8-bit and 4-bit loading are not supported; load in float16 or bfloat16")
+    if model_base is not None:
+        raise NotImplementedError(
+            "model_base (LoRA or projector-only checkpoints) is not supported; merge the weights first"
+        )
+    if use_flash_attn:
+        attn_implementation = "flash_attention_2"
+    if isinstance(device_map, dict) and "" in device_map and device is None:
+        device = device_map[""]
+    device = torch.device(device or default_device())
+    if isinstance(torch_dtype, str):
+        if torch_dtype not in _DTYPES:
+            raise ValueError(f"unknown torch_dtype {torch_dtype!r}; choose one of {', '.join(_DTYPES)}")
+        torch_dtype = _DTYPES[torch_dtype]
+    dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+
+    path = resolve_model_path(model_path)
+    config = LlavaConfig.from_pretrained(path)
+    config.attn_implementation = "sdpa"
+    if config.checkpoint_format == "llava":
+        config.mm_vision_tower = resolve_vision_tower(vision_tower or config.mm_vision_tower, path)
+    elif vision_tower is not None:
+        warnings.warn("vision_tower is ignored for transformers-format checkpoints: the tower is in the checkpoint",
+                      stacklevel=2)
+
+    with torch.device("meta"):
+        model = LlavaLlamaForCausalLM(config)
+    tower = model.get_vision_tower()
+    if config.checkpoint_format == "llava":
+        # As in LLaVA: the tower is not in the checkpoint; its own pretrained weights are loaded.
+        tower.load_model(dtype=dtype)
+        tower.to(device)
+        skip = ("model.vision_tower.",)
+    else:
+        from transformers import CLIPImageProcessor
+
+        from llava.model.multimodal_encoder.builder import build_vision_tower
+
+        # Built off the meta device so that CLIP's non-persistent buffers (position ids) are real tensors.
+        tower = model.model.vision_tower = build_vision_tower(config).to(device=device, dtype=dtype)
+        proc_dir = path if os.path.isfile(os.path.join(path, "preprocessor_config.json")) else None
+        tower.image_processor = (CLIPImageProcessor.from_pretrained(proc_dir) if proc_dir
+                                 else CLIPImageProcessor(size={"shortest_edge": 336},
+                                                         crop_size={"height": 336, "width": 336}))
+        tower.is_loaded = True
+        skip = ()
+    unexpected = load_weights(model, weight_files(path), config.checkpoint_format, device, dtype, skip)
+    if config.tie_word_embeddings and model.lm_head.weight.is_meta:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    missing = meta_parameters(model)
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} weight(s) the config needs: {shown}")
+    if unexpected:
+        warnings.warn(f"{len(unexpected)} checkpoint key(s) were not used, e.g. {unexpected[0]}", stacklevel=2)
+    model.model.rotary_emb.reset_parameters(device)
+    model.model.set_attn_implementation(attn_implementation)
+    model.eval()
+    model.requires_grad_(False)
+    if prune is not None:
+        model.set_prune(prune)
+
+    tokenizer = load_tokenizer(path)
+    context_len = config.max_sequence_length or 2048
+    return tokenizer, model, tower.image_processor, context_len
+
+
+def load_tokenizer(path: str):
+    """The checkpoint's tokenizer, with LLaVA's SentencePiece behaviour for Llama tokenizers.
+
+    AutoTokenizer would resolve through config.json's `model_type` ("llava"), which on recent transformers
+    gives a generic tokenizer without SentencePiece's leading "▁" on each chunk; name the Llama class instead.
+    """
+    import json
+
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    cfg_file = os.path.join(path, "tokenizer_config.json")
+    cls_name = None
+    if os.path.isfile(cfg_file):
+        with open(cfg_file, encoding="utf-8") as f:
+            cls_name = json.load(f).get("tokenizer_class")
+    try:
+        if cls_name in ("LlamaTokenizer", "LlamaTokenizerFast"):
+            return LlamaTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path, use_fast=False)
+    except Exception as err:  # the error from transformers does not say which folder failed
+        raise ValueError(f"cannot load the tokenizer in {path!r}: {err}") from err

@@ -1,0 +1,220 @@
+"""LlavaLlamaForCausalLM: LLaVA-1.5's model class, on our own Llama forward pass.
+
+`forward` returns logits over the spliced sequence; `generate` returns only the new token ids (as LLaVA's
+`generate` from embeddings does) and stops at EOS. Visual-token pruning is configured with `set_prune` (or
+`load_pretrained_model(..., prune=...)`) and applied inside `LlamaModel.forward` during prefill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llava.model.language_model.configuration_llava import LlavaConfig
+from llava.model.language_model.modeling_llama import KVCache, LlamaModel
+from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel, Splice, projector_dtype
+
+__all__ = ["LlavaConfig", "LlamaModel", "LlavaLlamaModel", "LlavaLlamaForCausalLM", "CausalLMOutput"]
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    past_key_values: KVCache | None = None
+    position_ids: torch.Tensor | None = None  # positions of the returned logits (gapped after pruning)
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    def __init__(self, config: LlavaConfig):
+        LlamaModel.__init__(self, config)
+        self.init_vision_modules(config)
+        self.prune = None  # PruneConfig or None
+        self.prune_trace: list = []  # filled after each prefill: per row, per image, the pruning record
+
+    @property
+    def mm_projector_dtype(self) -> torch.dtype:
+        return projector_dtype(self.mm_projector)
+
+
+class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
+    config_class = LlavaConfig
+
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlavaLlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+
+    def get_model(self) -> LlavaLlamaModel:
+        return self.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    # -- pruning -------------------------------------------------------------------------------------------
+
+    def set_prune(self, cfg=None) -> None:
+        """Turn visual-token pruning on with a PruneConfig, or off with None (vanilla LLaVA)."""
+        if cfg is not None:
+            from entropyprune.hook import check_prune_config
+
+            tower = self.get_vision_tower()
+            check_prune_config(cfg, self.config, tower.num_patches if tower is not None else None)
+        self.model.prune = cfg
+        self.model.prune_trace = []
+
+    def _prune_hook(self, splice: Splice | None):
+        self.model.prune_trace = []
+        if self.model.prune is None or splice is None or not any(splice.image_spans):
+            if splice is not None:
+                self.model.prune_trace = [[] for _ in splice.image_spans]
+            return None
+        from entropyprune.hook import PruneHook
+
+        return PruneHook(self.model.prune, splice, self.config, trace=self.model.prune_trace)
+
+    # -- forward -------------------------------------------------------------------------------------------
+
+    def _prefill_inputs(self, input_ids, images, attention_mask, position_ids, inputs_embeds, labels,
+                        padding_side=None):
+        if inputs_embeds is not None:
+            b, t = inputs_embeds.shape[:2]
+            mask = attention_mask.bool() if attention_mask is not None else None
+            if position_ids is None:
+                position_ids = _positions_from_mask(mask, b, t, inputs_embeds.device)
+            return inputs_embeds, mask, position_ids, labels, None
+        if input_ids is None:
+            raise ValueError("pass input_ids or inputs_embeds")
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, padding_side=padding_side)
+        mask = sp.attention_mask if (attention_mask is not None or sp.has_padding) else None
+        pos = position_ids.to(sp.position_ids.device) if position_ids is not None else sp.position_ids
+        return sp.inputs_embeds, mask, pos, sp.labels, sp
+
+    def forward(self, input_ids=None, images=None, image_sizes=None, attention_mask=None, position_ids=None,
+                inputs_embeds=None, past_key_values: KVCache | None = None, labels=None, use_cache=False,
+                return_dict=True, **kwargs) -> CausalLMOutput:
+        """Logits over the whole (spliced) sequence. With pruning on, over the kept tokens only.
+
+        A call with `past_key_values` holding a cache is a decode step: `input_ids` [B, T] are new text tokens.
+        """
+        if past_key_values is not None and not past_key_values.empty:
+            x = self.model.embed_tokens(input_ids)
+            b, t = input_ids.shape
+            pos = position_ids
+            if pos is None:
+                pos = past_key_values.next_position[:, None] + torch.arange(t, device=x.device)[None]
+            hidden, pos = self.model(x, pos, None, past_key_values)
+            return CausalLMOutput(self.lm_head(hidden).float(), None, past_key_values, pos)
+
+        embeds, mask, pos, labels, splice = self._prefill_inputs(
+            input_ids, images, attention_mask, position_ids, inputs_embeds, labels)
+        cache = past_key_values if past_key_values is not None else (KVCache(len(self.model.layers)) if use_cache else None)
+        hidden, pos = self.model(embeds, pos, mask, cache, self._prune_hook(splice))
+        logits = self.lm_head(hidden).float()
+        loss = None
+        if labels is not None:
+            if logits.shape[1] != labels.shape[1]:
+                raise ValueError("labels cannot be scored with pruning on: pruned positions have no logits")
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device),
+                                   ignore_index=-100)
+        return CausalLMOutput(logits, loss, cache, pos)
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(self, inputs=None, images=None, image_sizes=None, attention_mask=None, do_sample=False,
+                 temperature=1.0, top_p=None, top_k=None, num_beams=1, max_new_tokens=128, use_cache=True,
+                 eos_token_id=None, pad_token_id=None, generator: torch.Generator | None = None,
+                 streamer=None, **kwargs) -> torch.Tensor:
+        """Greedy (or sampled) decoding; returns only the new tokens [B, n], padded after EOS.
+
+        Batches are spliced with left padding so every row's last prompt token is the last position.
+        """
+        if kwargs.get("inputs_embeds") is not None:
+            raise NotImplementedError("generate() takes input_ids with <image> markers, not inputs_embeds")
+        if num_beams != 1:
+            raise NotImplementedError("beam search is not supported; LLaVA's benchmarks decode greedily (num_beams=1)")
+        if inputs is None:
+            raise ValueError("generate() needs input ids")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or eos)
+        sample = do_sample and temperature is not None and temperature > 0
+
+        embeds, mask, pos, _, splice = self._prefill_inputs(inputs, images, attention_mask, None, None, None,
+                                                            padding_side="left")
+        b = embeds.shape[0]
+        device = embeds.device
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        out = torch.full((b, max_new_tokens), pad, dtype=torch.long, device=device)
+
+        if use_cache:
+            cache = KVCache(len(self.model.layers), extra=max_new_tokens)
+            hidden, _ = self.model(embeds, pos, mask, cache, self._prune_hook(splice))
+        else:
+            hook = self._prune_hook(splice)
+            hidden, _ = self.model(embeds, pos, mask, None, hook)
+        trace = self.model.prune_trace
+        n = 0
+        for n in range(max_new_tokens):
+            logits = self.lm_head(hidden[:, -1]).float()
+            token = _next_token(logits, sample, temperature, top_p, top_k, generator)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            out[:, n] = token
+            if streamer is not None:
+                streamer.put(token.cpu())
+            finished |= token == eos
+            if n + 1 == max_new_tokens or bool(finished.all()):
+                break
+            if use_cache:
+                step_pos = cache.next_position[:, None]
+                hidden, _ = self.model(self.model.embed_tokens(token[:, None]), step_pos, None, cache)
+            else:
+                # Recompute from scratch on prompt + generated tokens: the reference path for the cache.
+                new_embeds = self.model.embed_tokens(out[:, : n + 1])
+                full = torch.cat([embeds, new_embeds], dim=1)
+                new_pos = pos[:, -1:] + 1 + torch.arange(n + 1, device=device)[None]
+                full_pos = torch.cat([pos, new_pos], dim=1)
+                full_mask = None if mask is None else torch.cat(
+                    [mask, torch.ones(b, n + 1, dtype=torch.bool, device=device)], dim=1)
+                grown = None if splice is None else dataclasses.replace(
+                    splice, inputs_embeds=full, lengths=[n_real + n + 1 for n_real in splice.lengths])
+                hidden, _ = self.model(full, full_pos, full_mask, None, self._prune_hook(grown))
+        self.model.prune_trace = trace  # the prefill's record, not the last recomputation's
+        if streamer is not None:
+            streamer.end()
+        return out[:, : n + 1]
+
+
+def _positions_from_mask(mask, b, t, device):
+    if mask is None:
+        return torch.arange(t, device=device)[None].expand(b, t)
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _next_token(logits, sample, temperature, top_p, top_k, generator):
+    if not sample:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix whose mass reaches top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,162 @@
+"""The multimodal parts of LLaVA: vision tower + projector, and splicing image features into the text.
+
+`splice_multimodal` is the one place where images meet text. It returns, besides the embeddings, where each
+image's tokens landed (`Splice.image_spans`), so that nothing downstream needs hard-coded offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from llava.model.multimodal_encoder.builder import build_vision_tower
+from llava.model.multimodal_projector.builder import build_vision_projector
+
+
+@dataclass
+class Splice:
+    """A padded batch of spliced sequences and where its images sit (python ints, known before any layer)."""
+
+    inputs_embeds: torch.Tensor  # [B, T, D]
+    attention_mask: torch.Tensor  # [B, T] bool, True over real tokens
+    position_ids: torch.Tensor  # [B, T] long, 0..n-1 over real tokens
+    labels: torch.Tensor | None  # [B, T] or None
+    image_spans: list[list[tuple[int, int]]]  # per row: (start, length) of each image in the padded sequence
+    lengths: list[int]  # real tokens per row
+    padding_side: str
+
+    @property
+    def has_padding(self) -> bool:
+        return any(n != self.inputs_embeds.shape[1] for n in self.lengths)
+
+
+class LlavaMetaModel:
+    """Mixed into the language model: adds `vision_tower` and `mm_projector` (weight names as LLaVA's)."""
+
+    def init_vision_modules(self, config) -> None:
+        if getattr(config, "mm_vision_tower", None):
+            self.vision_tower = build_vision_tower(config)
+            self.mm_projector = build_vision_projector(config)
+
+    def get_vision_tower(self):
+        return getattr(self, "vision_tower", None)
+
+
+class LlavaMetaForCausalLM:
+    """Mixed into the causal LM: image encoding and the splice."""
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.get_model()
+        feats = model.vision_tower(images)
+        return model.mm_projector(feats.to(model.mm_projector_dtype))
+
+    def _image_features(self, images) -> list[torch.Tensor]:
+        if isinstance(images, (list, tuple)):
+            images = [im if im.ndim == 4 else im[None] for im in images]
+            if any(im.shape[1:] != images[0].shape[1:] for im in images):
+                return [f for im in images for f in self.encode_images(im)]
+            images = torch.cat(images, dim=0)
+        if images.ndim == 5:
+            raise NotImplementedError("multi-crop (5-D) image input is LLaVA-1.6's anyres, not supported yet")
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, 3, H, W]; got shape {tuple(images.shape)}")
+        return list(self.encode_images(images))
+
+    def splice_multimodal(self, input_ids, images=None, attention_mask=None, labels=None,
+                          padding_side: str | None = None) -> Splice:
+        """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected features and re-pad."""
+        model = self.get_model()
+        embed = model.embed_tokens
+        device = embed.weight.device
+        padding_side = padding_side or self.config.tokenizer_padding_side
+        ids = input_ids.to("cpu")
+        mask = attention_mask.to("cpu").bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
+        n_markers = int((ids[mask] == IMAGE_TOKEN_INDEX).sum())
+        feats: list[torch.Tensor] = []
+        if n_markers:
+            if images is None:
+                raise ValueError(f"the prompt has {n_markers} <image> marker(s) but no images were given")
+            if model.get_vision_tower() is None:
+                raise ValueError("the prompt has <image> markers but this model has no vision tower")
+            feats = self._image_features(images)
+            if len(feats) != n_markers:
+                raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {len(feats)} image(s) were given")
+
+        # One embedding call for the whole batch; image markers are looked up as token 0 and replaced below.
+        text_embeds = embed(input_ids.clamp(min=0).to(device))
+        rows, row_labels, spans = [], [], []
+        next_feat = 0
+        for b in range(ids.shape[0]):
+            keep = mask[b].nonzero().squeeze(1)
+            row_ids = ids[b, keep]
+            row_emb = text_embeds[b, keep.to(device)]
+            row_lab = labels[b, keep] if labels is not None else None
+            marks = (row_ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
+            pieces, lab_pieces, row_spans = [], [], []
+            prev, pos = 0, 0
+            for m in marks:
+                pieces.append(row_emb[prev:m])
+                pos += m - prev
+                feat = feats[next_feat].to(row_emb.dtype)
+                next_feat += 1
+                pieces.append(feat)
+                row_spans.append((pos, feat.shape[0]))
+                pos += feat.shape[0]
+                if row_lab is not None:
+                    lab_pieces += [row_lab[prev:m], torch.full((feat.shape[0],), IGNORE_INDEX, dtype=row_lab.dtype)]
+                prev = m + 1
+            pieces.append(row_emb[prev:])
+            if row_lab is not None:
+                lab_pieces.append(row_lab[prev:])
+                row_labels.append(torch.cat(lab_pieces))
+            rows.append(torch.cat(pieces))
+            spans.append(row_spans)
+
+        max_len = self.config.tokenizer_model_max_length
+        if max_len is not None:
+            rows = [r[:max_len] for r in rows]
+            row_labels = [r[:max_len] for r in row_labels]
+            spans = [[(s, min(n, max_len - s)) for s, n in row if s < max_len] for row in spans]
+        lengths = [r.shape[0] for r in rows]
+        t = max(lengths)
+        bsz, dim = len(rows), rows[0].shape[1]
+        out = rows[0].new_zeros(bsz, t, dim)
+        am = torch.zeros(bsz, t, dtype=torch.bool, device=device)
+        pos_ids = torch.zeros(bsz, t, dtype=torch.long, device=device)
+        lab = torch.full((bsz, t), IGNORE_INDEX, dtype=torch.long, device=device) if labels is not None else None
+        for b, (row, n) in enumerate(zip(rows, lengths)):
+            off = t - n if padding_side == "left" else 0
+            out[b, off:off + n] = row
+            am[b, off:off + n] = True
+            pos_ids[b, off:off + n] = torch.arange(n, device=device)
+            if lab is not None:
+                lab[b, off:off + n] = row_labels[b].to(device)
+            spans[b] = [(s + off, n_img) for s, n_img in spans[b]]
+        return Splice(out, am, pos_ids, lab, spans, lengths, padding_side)
+
+    def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
+                                             labels, images, image_sizes=None):
+        """LLaVA's entry point, same arguments and return tuple; decode steps pass through unchanged."""
+        if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
+            return input_ids, position_ids, attention_mask, past_key_values, None, labels
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels)
+        return (
+            None,
+            sp.position_ids if position_ids is not None else None,
+            sp.attention_mask.to(attention_mask.dtype) if attention_mask is not None else None,
+            past_key_values,
+            sp.inputs_embeds,
+            sp.labels if labels is not None else None,
+        )
+
+
+def projector_dtype(projector: nn.Module) -> torch.dtype:
+    for p in projector.parameters():
+        return p.dtype
+    return torch.float32

@@ -1,0 +1,249 @@
+"""Build a complete tiny LLaVA-1.5 checkpoint offline and deterministically.
+
+    python -m llava.tools.make_tiny_checkpoint --out checkpoints/llava-v1.5-tiny [--format llava|hf] [--seed 0]
+
+What it writes, in the real formats:
+- a tiny CLIP tower as its own folder (336 px, patch 14: 576 visual tokens, like CLIP-L/14-336) with its
+  preprocessor config; `mm_vision_tower` names it (LLaVA format) or it is inside the weights (hf format);
+- a real SentencePiece `tokenizer.model`, trained on the spot on prompt-like text;
+- random Llama weights (several heads, 4 layers), sharded safetensors with an index (or `.bin` shards);
+- config.json, generation_config.json, tokenizer_config.json, special_tokens_map.json.
+
+Random weights mean the answers are gibberish; the checkpoint exists to exercise every code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+
+TOWER_DIR = "clip-vit-tiny-patch14-336"
+
+_CORPUS_LINES = [
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the user's questions.",
+    "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+    "detailed, and polite answers to the human's questions.",
+    "USER: What is shown in this image? ASSISTANT: A red square on a white background.",
+    "Answer the question using a single word or phrase.",
+    "Answer with the option's letter from the given choices directly.",
+    "Is there a dog in this picture? Please answer yes or no. Yes No yes no",
+    "How many circles are there in the image? 0 1 2 3 4 5 6 7 8 9 10 one two three four five",
+    "What color is the car? red green blue yellow black white orange purple gray brown",
+    "Reference OCR token: STOP, EXIT, 42, OPEN, SALE",
+    "Context: The picture shows a map of the United States.\nWhich of these states is farthest north?",
+    "A. Maine\nB. Texas\nC. Florida\nD. Ohio\nThe answer is A.",
+    "Question: Which object is on the left? Options: the cup, the book, the lamp, the phone.",
+    "Describe the scene in detail. There is a person standing next to a tree near a river.",
+    "Is this photo taken in a place of worship? Is the man on the left wearing a hat?",
+    "Please read the text in this image and translate it into English.",
+    "What is the total price? The code prints the sum of the numbers in the list.",
+    "请直接回答选项字母。图中有几个人？",
+]
+
+
+def _train_tokenizer(out_dir: str, seed: int) -> int:
+    import sentencepiece as spm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = os.path.join(tmp, "corpus.txt")
+        with open(corpus, "w", encoding="utf-8") as f:
+            for i in range(40):
+                for line in _CORPUS_LINES:
+                    f.write(line + (f" {i}" if i % 3 == 0 else "") + "\n")
+        prefix = os.path.join(tmp, "tokenizer")
+        # Llama's layout: <unk>=0, <s>=1, </s>=2, byte fallback, identity normalisation, dummy prefix.
+        spm.SentencePieceTrainer.train(
+            input=corpus, model_prefix=prefix, model_type="bpe", vocab_size=640, hard_vocab_limit=False,
+            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, split_digits=True,
+            character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
+            add_dummy_prefix=True, allow_whitespace_only_pieces=True, num_threads=1,
+            shuffle_input_sentence=False, seed_sentencepiece_size=100000, minloglevel=2,
+        )
+        shutil.copy(prefix + ".model", os.path.join(out_dir, "tokenizer.model"))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
+        "unk_token": "<unk>", "pad_token": "<unk>", "clean_up_tokenization_spaces": False, "legacy": False,
+        "model_max_length": 2048, "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
+    })
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"),
+                {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"})
+    return sp.get_piece_size()
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                   image_size=336, patch_size=14, projection_dim=32, hidden_act="quick_gelu",
+                   layer_norm_eps=1e-5, num_channels=3)
+
+
+def _make_tower(out_dir: str, seed: int):
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    torch.manual_seed(seed + 1)
+    tower = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
+    tower.save_pretrained(out_dir)
+    CLIPImageProcessor(
+        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+        resample=3,
+    ).save_pretrained(out_dir)
+    return tower
+
+
+def tiny_text_config(vocab_size: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+        hidden_act="silu", pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+
+
+def _random_llava_state(text: dict, mm_hidden: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights with LLaVA's key names. The scale is larger than training init so logits are peaked
+    and greedy decoding is not decided by float noise."""
+    g = torch.Generator().manual_seed(seed)
+    d, m, v = text["hidden_size"], text["intermediate_size"], text["vocab_size"]
+    hd = d // text["num_attention_heads"]
+    kv = text["num_key_value_heads"] * hd
+
+    def w(*shape, std=0.08):
+        return torch.randn(*shape, generator=g) * std
+
+    sd = {"model.embed_tokens.weight": w(v, d, std=1.0)}
+    for i in range(text["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        sd.update({
+            p + "self_attn.q_proj.weight": w(d, d, std=0.25), p + "self_attn.k_proj.weight": w(kv, d, std=0.25),
+            p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, d),
+            p + "mlp.gate_proj.weight": w(m, d), p + "mlp.up_proj.weight": w(m, d), p + "mlp.down_proj.weight": w(d, m),
+            p + "input_layernorm.weight": 1 + w(d, std=0.1), p + "post_attention_layernorm.weight": 1 + w(d, std=0.1),
+        })
+    sd["model.norm.weight"] = 1 + w(d, std=0.1)
+    sd["lm_head.weight"] = w(v, d, std=0.3)
+    sd["model.mm_projector.0.weight"] = w(d, mm_hidden, std=0.3)
+    sd["model.mm_projector.0.bias"] = w(d, std=0.02)
+    sd["model.mm_projector.2.weight"] = w(d, d, std=0.2)
+    sd["model.mm_projector.2.bias"] = w(d, std=0.02)
+    return sd
+
+
+def _save_sharded(state: dict[str, torch.Tensor], out_dir: str, weights: str, shards: int = 2) -> None:
+    keys = list(state)
+    per = -(-len(keys) // shards)
+    weight_map = {}
+    ext = "safetensors" if weights == "safetensors" else "bin"
+    stem = "model" if weights == "safetensors" else "pytorch_model"
+    for s in range(shards):
+        name = f"{stem}-{s + 1:05d}-of-{shards:05d}.{ext}"
+        part = {k: state[k].contiguous() for k in keys[s * per:(s + 1) * per]}
+        if weights == "safetensors":
+            from safetensors.torch import save_file
+
+            save_file(part, os.path.join(out_dir, name), metadata={"format": "pt"})
+        else:
+            torch.save(part, os.path.join(out_dir, name))
+        weight_map.update({k: name for k in part})
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    _write_json(os.path.join(out_dir, f"{stem}.{ext}.index.json"),
+                {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+
+def _hf_state(llava_sd: dict, tower, layout: str, vocab_padded: int) -> dict[str, torch.Tensor]:
+    """The same weights under transformers' LlavaForConditionalGeneration names (old or new layout)."""
+    lm = "language_model.model." if layout == "old" else "model.language_model."
+    head = "language_model.lm_head." if layout == "old" else "lm_head."
+    proj = "multi_modal_projector." if layout == "old" else "model.multi_modal_projector."
+    vis = "vision_tower." if layout == "old" else "model.vision_tower."
+    out = {}
+    for k, t in llava_sd.items():
+        if k in ("model.embed_tokens.weight", "lm_head.weight"):
+            # Rows for the added <image> and <pad> tokens, padded to a multiple of 64 as the conversion does.
+            t = torch.cat([t, t.mean(0, keepdim=True).expand(vocab_padded - t.shape[0], -1)])
+        if k.startswith("model.mm_projector."):
+            k = proj + {"0": "linear_1", "2": "linear_2"}[k.split(".")[2]] + "." + k.split(".")[3]
+        elif k.startswith("lm_head."):
+            k = head + k[len("lm_head."):]
+        else:
+            k = lm + k[len("model."):]
+        out[k] = t
+    for k, t in tower.state_dict().items():
+        out[vis + k] = t
+    return out
+
+
+def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new") -> str:
+    if fmt not in ("llava", "hf"):
+        raise ValueError(f"--format must be 'llava' or 'hf', got {fmt!r}")
+    os.makedirs(out, exist_ok=True)
+    vocab = _train_tokenizer(out, seed)
+    tower_dir = os.path.join(out, TOWER_DIR)
+    os.makedirs(tower_dir, exist_ok=True)
+    tower = _make_tower(tower_dir, seed)
+    text = tiny_text_config(vocab)
+    sd = _random_llava_state(text, TINY_VISION["hidden_size"], seed)
+    _write_json(os.path.join(out, "generation_config.json"),
+                {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048})
+    if fmt == "llava":
+        config = {
+            "_name_or_path": os.path.basename(os.path.abspath(out)), "architectures": ["LlavaLlamaForCausalLM"],
+            "model_type": "llava", **text, "max_length": 2048, "torch_dtype": "float32",
+            "mm_vision_tower": TOWER_DIR, "mm_hidden_size": TINY_VISION["hidden_size"],
+            "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
+            "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
+            "use_mm_proj": True, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
+            "mm_resampler_type": None, "tokenizer_padding_side": "right",
+        }
+        _write_json(os.path.join(out, "config.json"), config)
+        _save_sharded(sd, out, weights)
+        return out
+    # transformers' format: <image> and <pad> added to the tokenizer, the tower inside the weights.
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.save_pretrained(out)
+    image_id, pad_id = tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<pad>")
+    vocab_padded = -(-(vocab + 2) // 64) * 64
+    text_hf = {**text, "vocab_size": vocab_padded, "model_type": "llama", "pad_token_id": pad_id}
+    vision_hf = {**TINY_VISION, "model_type": "clip_vision_model"}
+    config = {
+        "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": image_id,
+        "pad_token_id": pad_id, "projector_hidden_act": "gelu", "vision_feature_layer": -2,
+        "vision_feature_select_strategy": "default", "text_config": text_hf, "vision_config": vision_hf,
+        "torch_dtype": "float32", "tie_word_embeddings": False, "image_seq_length": 576,
+    }
+    _write_json(os.path.join(out, "config.json"), config)
+    shutil.copy(os.path.join(tower_dir, "preprocessor_config.json"), os.path.join(out, "preprocessor_config.json"))
+    shutil.rmtree(tower_dir)
+    _save_sharded(_hf_state(sd, tower, hf_layout, vocab_padded), out, weights)
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="checkpoint folder to write")
+    ap.add_argument("--format", default="llava", choices=["llava", "hf"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--weights", default="safetensors", choices=["safetensors", "bin"])
+    ap.add_argument("--hf-layout", default="new", choices=["new", "old"],
+                    help="key layout of hf-format weights (transformers >= 4.52 is 'new')")
+    args = ap.parse_args(argv)
+    path = build(args.out, args.format, args.seed, args.weights, args.hf_layout)
+    print(f"tiny {args.format} checkpoint written to {path}")
+
+
+if __name__ == "__main__":
+    main()

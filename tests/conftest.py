@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny checkpoints built once per test session, offline."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    from llava.tools.make_tiny_checkpoint import build
+
+    return build(str(tmp_path_factory.mktemp("ckpt") / "llava-v1.5-tiny"), "llava", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    from llava.tools.make_tiny_checkpoint import build
+
+    return build(str(tmp_path_factory.mktemp("ckpt") / "llava-1.5-tiny-hf"), "hf", seed=0)
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny(tiny_llava):
+    from llava.model.builder import load_pretrained_model
+
+    return load_pretrained_model(tiny_llava, device="cpu")
+
+
+def make_image(w=400, h=300, seed=0):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+
+
+def vicuna_prompt(question: str, image: bool = True) -> str:
+    from llava.conversation import conv_templates
+
+    conv = conv_templates["vicuna_v1"].copy()
+    conv.append_message(conv.roles[0], ("<image>\n" if image else "") + question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
