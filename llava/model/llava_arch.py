@@ -130,7 +130,7 @@ class LlavaMetaForCausalLM:
         am = torch.zeros(bsz, t, dtype=torch.bool, device=device)
         pos_ids = torch.zeros(bsz, t, dtype=torch.long, device=device)
         lab = torch.full((bsz, t), IGNORE_INDEX, dtype=torch.long, device=device) if labels is not None else None
-        for b, (row, n) in enumerate(zip(rows, lengths)):
+        for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
             off = t - n if padding_side == "left" else 0
             out[b, off:off + n] = row
             am[b, off:off + n] = True

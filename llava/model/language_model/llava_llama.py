@@ -118,15 +118,17 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
         embeds, mask, pos, labels, splice = self._prefill_inputs(
             input_ids, images, attention_mask, position_ids, inputs_embeds, labels)
-        cache = past_key_values if past_key_values is not None else (KVCache(len(self.model.layers)) if use_cache else None)
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = KVCache(len(self.model.layers))
         hidden, pos = self.model(embeds, pos, mask, cache, self._prune_hook(splice))
         logits = self.lm_head(hidden).float()
         loss = None
         if labels is not None:
             if logits.shape[1] != labels.shape[1]:
                 raise ValueError("labels cannot be scored with pruning on: pruned positions have no logits")
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device),
-                                   ignore_index=-100)
+            targets = labels[:, 1:].reshape(-1).to(logits.device)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets, ignore_index=-100)
         return CausalLMOutput(logits, loss, cache, pos)
 
     # -- generation ----------------------------------------------------------------------------------------

@@ -1,0 +1,273 @@
+"""The ``entropyprune`` command line.
+
+Each subcommand is two functions, one that adds its arguments to its sub-parser and one that runs it,
+registered in ``COMMANDS``; adding ``ecl`` or ``report`` later is one more entry there.
+
+    entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from entropyprune import flops as F
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _number(text: str) -> float | int:
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+# ----------------------------------------------------------------------------------------------- flops
+
+_BUDGET_FLAGS = {"keep": "--keep", "avg_tokens": "--avg-tokens", "ratio": "--ratio", "layer": "--layer"}
+
+
+def _flops_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default="llava-1.5-7b",
+        help=f"a preset ({', '.join(F.PRESETS)}) or a config.json (LLaVA or HF LLaVA format) or its folder "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--layer",
+        type=_non_negative_int,
+        default=2,
+        help="K: layers 0..K-1 see every token, layers K.. the kept ones; 0 = before the LM (default: 2)",
+    )
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--keep", type=int, metavar="N", help="visual tokens kept per image after layer K")
+    budget.add_argument(
+        "--avg-tokens",
+        type=_number,
+        metavar="T",
+        help="average visual tokens over all layers (the papers' budget): N = floor((L*T - K*V) / (L-K))",
+    )
+    budget.add_argument("--ratio", type=float, metavar="R", help="kept fraction: N = round(R*V)")
+    p.add_argument(
+        "--text-tokens",
+        type=_non_negative_int,
+        required=True,
+        metavar="N_TEXT",
+        help="non-visual prompt tokens (system + question), e.g. 62 for an MME prompt",
+    )
+    p.add_argument("--visual-tokens", type=_non_negative_int, default=576, metavar="V", help="per image")
+    p.add_argument("--images", type=_non_negative_int, default=1, help="images in the prompt (default: 1)")
+    p.add_argument("--decode-steps", type=_non_negative_int, default=0, help="generated tokens (default: 0)")
+    p.add_argument(
+        "--attention",
+        choices=("full", "causal"),
+        default="full",
+        help="attention matmuls over all n x n pairs as the paper's 4 n^2 d (full), or causal pairs only",
+    )
+    p.add_argument("--lm-head", action="store_true", help="count the LM head (all prefill positions + steps)")
+    p.add_argument(
+        "--vision",
+        action="store_true",
+        help="count the CLIP ViT-L/14-336 tower and the mlp2x_gelu projector (the release's calflops scope)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
+
+
+def _layer_groups(tokens: list[int]) -> list[tuple[int, int, int]]:
+    groups: list[tuple[int, int, int]] = []
+    for idx, n in enumerate(tokens):
+        if groups and groups[-1][2] == n:
+            groups[-1] = (groups[-1][0], idx, n)
+        else:
+            groups.append((idx, idx, n))
+    return groups
+
+
+def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int) -> dict:
+    L, K, V = shape.num_layers, args.layer, args.visual_tokens
+    res = F.prefill_flops(
+        shape,
+        n_text=args.text_tokens,
+        n_visual=V,
+        n_images=args.images,
+        layer=K,
+        keep=keep,
+        decode_steps=args.decode_steps,
+        include_lm_head=args.lm_head,
+        attention=args.attention,
+        vision="clip-vit-l-14-336" if args.vision else None,
+    )
+    removed = 1 - keep / V if V else 0.0
+    n_vis = args.images * V
+    eq16 = F.eq16_reduction(shape, n_vis, args.images * keep, K) if n_vis else 0.0
+    kv_tokens = [row["kv_tokens"] for row in res["per_layer"]]
+    kv_full = [args.text_tokens + args.images * V + args.decode_steps] * L
+    vis_tokens = [args.images * (V if i < K else keep) for i in range(L)]
+    budget = next(name for name in ("keep", "avg_tokens", "ratio") if getattr(args, name) is not None)
+    return {
+        "model": args.model,
+        "shape": asdict(shape),
+        "layer": K,
+        "budget": {"kind": budget, "value": getattr(args, budget)},
+        "keep": keep,
+        "avg_visual_tokens": res["avg_visual_tokens"],
+        "text_tokens": args.text_tokens,
+        "visual_tokens": V,
+        "images": args.images,
+        "decode_steps": args.decode_steps,
+        "attention": args.attention,
+        "lm_head": args.lm_head,
+        "vision": args.vision,
+        "flops": {k: res[k] for k in ("prefill", "decode", "lm_head", "vision", "total")},
+        "unpruned": res["baseline"],
+        "terms": res["terms"],
+        "tokens_per_layer": res["tokens_per_layer"],
+        "fraction": res["fraction"],
+        "flops_percent": round(100 * res["fraction"], 1),
+        "reduction": {
+            "simplified": F.simplified_ratio(L, K, removed),
+            "eq16": eq16,
+            "counted": 1 - res["fraction"],
+        },
+        "kv_cache_bytes": {
+            "all": F.kv_cache_bytes(shape, kv_tokens),
+            "all_unpruned": F.kv_cache_bytes(shape, kv_full),
+            "visual": F.kv_cache_bytes(shape, vis_tokens),
+            "visual_unpruned": F.kv_cache_bytes(shape, [args.images * V] * L),
+        },
+    }
+
+
+def _print_flops_table(rep: dict, shape: F.LMShape) -> None:
+    s, K, V = shape, rep["layer"], rep["visual_tokens"]
+    tf = 1e12
+    budget = rep["budget"]
+    flag = _BUDGET_FLAGS[budget["kind"]]
+    print(
+        f"model      {rep['model']}: {s.num_layers} layers, d={s.hidden_size}, m={s.intermediate_size}, "
+        f"{s.num_heads} heads ({s.num_kv_heads} kv) x {s.head_dim}, vocab {s.vocab_size}"
+    )
+    print(
+        f"budget     {flag} {budget['value']} -> keep {rep['keep']} of {V} visual tokens per image after "
+        f"layer {K} (average {rep['avg_visual_tokens']:.1f} over {s.num_layers} layers)"
+    )
+    parts = []
+    for first, last, n in _layer_groups(rep["tokens_per_layer"]):
+        span = f"layer {first}" if first == last else f"layers {first}-{last}"
+        vis = n - rep["text_tokens"]
+        parts.append(f"{span}: {n} ({rep['text_tokens']} text + {vis} visual)")
+    print("tokens     " + "; ".join(parts))
+    print(
+        f"counted    decoder layers ({rep['attention']} attention), {rep['decode_steps']} decode steps, "
+        f"LM head {'yes' if rep['lm_head'] else 'no'}, vision tower {'yes' if rep['vision'] else 'no'}"
+    )
+    print()
+    print(f"{'part':<26}{'pruned TFLOPs':>15}{'unpruned TFLOPs':>17}")
+    rows = [
+        ("prefill (decoder layers)", "prefill", True),
+        (f"decode ({rep['decode_steps']} steps)", "decode", True),
+        ("LM head", "lm_head", rep["lm_head"]),
+        ("vision tower + projector", "vision", rep["vision"]),
+        ("total", "total", True),
+    ]
+    for label, key, counted in rows:
+        if counted:
+            print(f"{label:<26}{rep['flops'][key] / tf:>15.3f}{rep['unpruned'][key] / tf:>17.3f}")
+        else:
+            print(f"{label:<26}{'not counted':>15}")
+    print()
+    red = rep["reduction"]
+    print(
+        f"reduction  simplified (L-K)/L*r = {100 * red['simplified']:.1f}%   "
+        f"Eq. 16 exact (visual tokens only) = {100 * red['eq16']:.1f}%   "
+        f"this count = {100 * red['counted']:.1f}%"
+    )
+    kv = rep["kv_cache_bytes"]
+    when = "after prefill" if not rep["decode_steps"] else f"after prefill + {rep['decode_steps']} steps"
+    print(
+        f"KV fp16    all tokens {when}: {kv['all'] / MIB:.1f} MiB of {kv['all_unpruned'] / MIB:.1f} MiB; "
+        f"visual tokens only: {kv['visual'] / MIB:.1f} MiB of {kv['visual_unpruned'] / MIB:.1f} MiB"
+    )
+    print(f"FLOPs: {100 * rep['fraction']:.1f}%")
+
+
+def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    try:
+        shape = F.resolve_shape(args.model)
+    except (OSError, ValueError) as exc:
+        parser.error(f"--model: {exc}")
+    try:
+        keep = F.resolve_keep(
+            shape.num_layers,
+            args.layer,
+            args.visual_tokens,
+            keep=args.keep,
+            avg_tokens=args.avg_tokens,
+            ratio=args.ratio,
+        )
+    except F.BudgetError as exc:
+        parser.error(exc.with_label(_BUDGET_FLAGS[exc.name]))
+    if args.text_tokens + args.images * args.visual_tokens == 0:
+        parser.error("--text-tokens 0 with no visual tokens: the prompt is empty")
+    rep = _flops_report(args, shape, keep)
+    if args.json:
+        print(json.dumps(rep, indent=2))
+    else:
+        _print_flops_table(rep, shape)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- registry
+
+COMMANDS: dict[str, Command] = {
+    "flops": Command(
+        help="analytic FLOPs and KV cache of a pruned prefill (paper Eq. 15-16, Table 5)",
+        add_arguments=_flops_arguments,
+        run=cmd_flops,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entropyprune", description="EntropyPrune tools")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run, _parser=p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args._run(args, args._parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

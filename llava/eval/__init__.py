@@ -1,0 +1,134 @@
+"""Benchmark drivers (`model_vqa_*.py`) and scorers (`eval_*.py`).
+
+The helpers below are shared by the scorers. They use only the standard library so that scoring a
+finished run never needs torch, and they turn every kind of bad input into one `EvalInputError` whose
+message names the file (and line) and says how to fix it; the CLIs print that message and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = [
+    "EvalInputError",
+    "default_summary_path",
+    "load_json",
+    "read_jsonl",
+    "require_file",
+    "run_cli",
+    "warn",
+    "write_json",
+]
+
+
+class EvalInputError(ValueError):
+    """Bad scorer input (missing file, malformed line, missing field); the message says what to fix."""
+
+
+def warn(message: str) -> None:
+    # Warnings go to stderr so that stdout keeps only the grep-able `Name: number` lines.
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def require_file(path: str | os.PathLike, what: str, fix: str = "") -> str:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        hint = f" {fix}" if fix else ""
+        raise EvalInputError(f"{what} not found: {path}.{hint}")
+    return path
+
+
+def load_json(path: str | os.PathLike, what: str, fix: str = "") -> Any:
+    path = require_file(path, what, fix)
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise EvalInputError(
+                f"{what} {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}). "
+                "Re-download or regenerate the file."
+            ) from e
+
+
+def read_jsonl(
+    path: str | os.PathLike, what: str, required: Iterable[str] = (), fix: str = ""
+) -> list[tuple[int, dict]]:
+    """Read a JSONL file into (1-based line number, record) pairs; blank lines are skipped.
+
+    Line numbers travel with the records so later errors (an unmatched question, say) can point at the
+    exact line of the answers file.
+    """
+    path = require_file(path, what, fix)
+    required = tuple(required)
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalInputError(
+                    f"{path}:{lineno}: malformed JSON ({e.msg}). An interrupted run can leave a truncated "
+                    "last line: delete that line and resume the run, or regenerate the file."
+                ) from e
+            if not isinstance(record, dict):
+                raise EvalInputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
+            missing = [k for k in required if k not in record]
+            if missing:
+                raise EvalInputError(
+                    f"{path}:{lineno}: missing field(s) {', '.join(missing)}; this does not look like a "
+                    f"LLaVA answers file (needs {', '.join(required)})."
+                )
+            records.append((lineno, record))
+    return records
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> str:
+    """Write JSON atomically, so an interrupted scorer never leaves a half-written summary behind."""
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            # ensure_ascii=False keeps MMBench-CN text readable in the summaries.
+            json.dump(_finite(obj), f, indent=indent, ensure_ascii=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _finite(obj: Any) -> Any:
+    # NaN (e.g. an accuracy over zero items) is not valid JSON; write null instead.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def default_summary_path(result_file: str | os.PathLike) -> str:
+    # Next to the answers file, with a .json (not .jsonl) suffix so globs over answers/*.jsonl skip it.
+    return os.path.splitext(os.fspath(result_file))[0] + "_scores.json"
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a scorer CLI; input errors become one line on stderr and exit status 2 (no traceback)."""
+    try:
+        main(argv)
+    except EvalInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

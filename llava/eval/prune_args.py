@@ -1,0 +1,49 @@
+"""The pruning flags shared by `run_llava` and every eval driver, turned into one PruneConfig."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _layer(value: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--prune-layer takes an integer or 'auto', got {value!r}") from None
+
+
+def add_prune_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("visual-token pruning (off unless --prune-method is given)")
+    g.add_argument("--prune-method", default=None, help="e.g. entropy, random; omit for vanilla LLaVA")
+    g.add_argument("--prune-layer", type=_layer, default=2, help="layer K (0-based) where tokens are pruned")
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--prune-keep", type=int, default=None, help="visual tokens kept per image after layer K")
+    budget.add_argument("--prune-avg-tokens", type=float, default=None,
+                        help="average visual tokens over all layers (the papers' 192/128/64 convention)")
+    budget.add_argument("--prune-ratio", type=float, default=None, help="fraction of visual tokens kept")
+    g.add_argument("--prune-states", default="query", choices=["query", "key"])
+    g.add_argument("--entropy-variant", default="official", choices=["official", "paper"])
+    g.add_argument("--prune-seed", type=int, default=0, help="seed of the random baseline")
+
+
+def prune_config_from_args(args):
+    """A PruneConfig from the parsed flags, or None when pruning is off."""
+    if getattr(args, "prune_method", None) is None:
+        given = [f for f in ("prune_keep", "prune_avg_tokens", "prune_ratio") if getattr(args, f, None) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise SystemExit(f"error: {flag} needs --prune-method (e.g. --prune-method entropy)")
+        return None
+    from entropyprune.config import PruneConfig
+
+    avg = args.prune_avg_tokens
+    if avg is not None and float(avg).is_integer():
+        avg = int(avg)
+    try:
+        return PruneConfig(method=args.prune_method, layer=args.prune_layer, keep=args.prune_keep, avg_tokens=avg,
+                           ratio=args.prune_ratio, states=args.prune_states, variant=args.entropy_variant,
+                           seed=args.prune_seed)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None

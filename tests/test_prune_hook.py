@@ -1,0 +1,212 @@
+"""The pruning hook inside LlamaModel.forward, against independent references.
+
+The reference decoder below is written from the layers' weights with its own RoPE, masks and softmax, and
+recomputes everything from scratch at every step: no cache, no shared attention code with the model.
+"""
+
+import math
+
+import pytest
+import torch
+
+from entropyprune.config import PruneConfig
+from entropyprune.methods import top_n
+from entropyprune.score import token_entropy
+from llava.mm_utils import process_images, tokenizer_image_token
+from tests.conftest import make_image, vicuna_prompt
+
+K = 2
+
+
+def _inputs(loaded, question="What is it?", seed=0, n_images=1):
+    tok, model, proc, _ = loaded
+    prompt = vicuna_prompt(question)
+    if n_images == 2:
+        prompt = prompt.replace("<image>\n", "<image>\n<image>\n")
+    ids = tokenizer_image_token(prompt, tok, return_tensors="pt")[None]
+    pixels = process_images([make_image(seed=seed + i) for i in range(n_images)], proc, model.config)
+    return ids, pixels
+
+
+def _rope(x, pos, theta=10000.0):
+    d = x.shape[-1]
+    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    ang = pos.double()[:, None] * inv[None]  # [T, d/2]
+    cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _ref_layer(layer, x, pos):
+    """One decoder layer, plain causal attention over x [T, D] at positions pos [T]."""
+    att = layer.self_attn
+    h, d = att.num_heads, att.head_dim
+
+    def norm(mod, v):
+        return mod.weight * (v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon))
+
+    a = norm(layer.input_layernorm, x)
+    q = _rope((a @ att.q_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
+    k = _rope((a @ att.k_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
+    v = (a @ att.v_proj.weight.T).view(-1, h, d).transpose(0, 1)
+    t = x.shape[0]
+    scores = q @ k.transpose(1, 2) / math.sqrt(d)
+    scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(0, 1).reshape(t, h * d)
+    x = x + out @ att.o_proj.weight.T
+    m = layer.mlp
+    b = norm(layer.post_attention_layernorm, x)
+    return x + (torch.nn.functional.silu(b @ m.gate_proj.weight.T) * (b @ m.up_proj.weight.T)) @ m.down_proj.weight.T
+
+
+def _ref_logits(model, embeds, kept_abs):
+    """Logits of the last token: full sequence through layers < K, kept tokens (gapped positions) after."""
+    x = embeds
+    pos = torch.arange(x.shape[0])
+    for i, layer in enumerate(model.model.layers):
+        if i == K:
+            x, pos = x[kept_abs], pos[kept_abs]
+        x = _ref_layer(layer, x, pos)
+    n = model.model.norm
+    x = n.weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + n.variance_epsilon))
+    return x[-1] @ model.lm_head.weight.T
+
+
+def test_keep_all_equals_unpruned(loaded_tiny):
+    _, model, _, _ = loaded_tiny
+    ids, px = _inputs(loaded_tiny)
+    model.set_prune(None)
+    base = model(ids, images=px).logits
+    assert model.get_model().prune_trace == [[]]
+    model.set_prune(PruneConfig(layer=K, keep=576))
+    full = model(ids, images=px).logits
+    assert full.shape == base.shape
+    assert (full - base).abs().max() <= 1e-5
+    assert model.get_model().prune_trace[0][0].kept.tolist() == list(range(576))
+
+
+def test_kept_tokens_are_top_entropy_of_layer_k_minus_1_queries(loaded_tiny):
+    """Recompute the scores from layer K-1's q_proj output with RoPE applied here (an independent path)."""
+    _, model, _, _ = loaded_tiny
+    ids, px = _inputs(loaded_tiny, seed=3)
+    captured = {}
+    handle = model.model.layers[K - 1].self_attn.q_proj.register_forward_hook(
+        lambda mod, inp, out: captured.setdefault("q", out.detach()))
+    try:
+        for variant in ("official", "paper"):
+            captured.clear()
+            model.set_prune(PruneConfig(layer=K, keep=100, variant=variant))
+            model(ids, images=px)
+            rec = model.get_model().prune_trace[0][0]
+            q = captured["q"][0]  # [T, h*d], the full prefill (layer K-1 still sees every token)
+            h = model.config.num_attention_heads
+            qh = q.view(q.shape[0], h, -1).transpose(0, 1)
+            qh = _rope(qh, torch.arange(q.shape[0])).transpose(0, 1)  # [T, h, d]
+            span = qh[rec.start: rec.start + rec.length]
+            scores = token_entropy(span, h, variant=variant)
+            assert rec.length == 576 and rec.kept.shape == (100,)
+            assert torch.allclose(rec.scores.double(), scores.double(), atol=1e-4)
+            assert rec.kept.tolist() == top_n(scores, 100).tolist()
+            assert rec.kept.tolist() == sorted(rec.kept.tolist())
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("keep", [29, 166])
+def test_pruned_decoding_equals_reference_recomputation(loaded_tiny, keep):
+    _, model, _, _ = loaded_tiny
+    ids, px = _inputs(loaded_tiny, "Describe the picture.", seed=7)
+    model.set_prune(PruneConfig(layer=K, keep=keep))
+    out = model.generate(ids, images=px, max_new_tokens=6)[0]
+    rec = model.get_model().prune_trace[0][0]
+    embeds = model.splice_multimodal(ids, px).inputs_embeds[0]
+    t = embeds.shape[0]
+    kept_abs = torch.cat([torch.arange(rec.start), rec.start + rec.kept, torch.arange(rec.start + rec.length, t)])
+    tokens = []
+    for step in range(out.shape[0]):
+        logits = _ref_logits(model, embeds, kept_abs)
+        tokens.append(int(logits.argmax()))
+        new = model.model.embed_tokens(torch.tensor([tokens[-1]]))
+        embeds = torch.cat([embeds, new])
+        kept_abs = torch.cat([kept_abs, torch.tensor([t + step])])  # decoding continues at original positions
+    assert out.tolist() == tokens
+    # The cache holds the full prompt below K and only the kept tokens from K on.
+    cache_lengths = [t] * K + [t - (576 - keep)] * (model.config.num_hidden_layers - K)
+    model.set_prune(PruneConfig(layer=K, keep=keep))
+    res = model(ids, images=px, use_cache=True)
+    assert res.past_key_values.layer_lengths() == cache_lengths
+    assert res.logits.shape[1] == t - (576 - keep)
+    assert res.past_key_values.next_position.tolist() == [t]
+
+
+def test_two_images_each_pruned_to_n(loaded_tiny):
+    _, model, _, _ = loaded_tiny
+    ids, px = _inputs(loaded_tiny, n_images=2)
+    model.set_prune(None)
+    t = model(ids, images=px).logits.shape[1]
+    model.set_prune(PruneConfig(layer=K, keep=50))
+    logits = model(ids, images=px).logits
+    recs = model.get_model().prune_trace[0]
+    assert [r.length for r in recs] == [576, 576] and [r.kept.numel() for r in recs] == [50, 50]
+    marks = [i for i, t in enumerate(ids[0].tolist()) if t == -200]
+    between = marks[1] - marks[0] - 1  # text tokens between the two images ("▁", "\n")
+    assert recs[0].start == marks[0] and recs[1].start == recs[0].start + 576 + between
+    assert logits.shape[1] == t - 2 * (576 - 50)
+    # each image is scored on its own: its kept set equals top-N of its own scores
+    for r in recs:
+        assert r.kept.tolist() == top_n(r.scores, 50).tolist()
+
+
+def test_padded_batch_equals_single_prompts_with_pruning(loaded_tiny):
+    tok, model, proc, _ = loaded_tiny
+    model.set_prune(PruneConfig(layer=K, keep=64))
+    qs = ["Is there a dog in this picture? Please answer yes or no.", "Color?"]
+    ids = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in qs]
+    width = max(len(x) for x in ids)
+    batch = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, x in enumerate(ids):
+        batch[i, : len(x)], mask[i, : len(x)] = x, 1
+    px = process_images([make_image(seed=11), make_image(seed=12)], proc, model.config)
+    together = model.generate(batch, images=px, attention_mask=mask, max_new_tokens=8)
+    trace_together = model.get_model().prune_trace
+    for i, x in enumerate(ids):
+        alone = model.generate(x[None], images=px[i:i + 1], max_new_tokens=8)
+        assert together[i, : alone.shape[1]].tolist() == alone[0].tolist()
+        assert model.get_model().prune_trace[0][0].kept.tolist() == trace_together[i][0].kept.tolist()
+
+
+def test_text_only_prompt_is_not_pruned(loaded_tiny):
+    tok, model, _, _ = loaded_tiny
+    ids = tokenizer_image_token(vicuna_prompt("Say hi.", image=False), tok, return_tensors="pt")[None]
+    model.set_prune(None)
+    base = model(ids).logits
+    model.set_prune(PruneConfig(layer=K, keep=10))
+    assert torch.equal(model(ids).logits, base)
+    assert model.get_model().prune_trace == [[]]
+
+
+def test_eager_and_sdpa_prune_alike(loaded_tiny):
+    _, model, _, _ = loaded_tiny
+    ids, px = _inputs(loaded_tiny, seed=9)
+    model.set_prune(PruneConfig(layer=K, keep=77, states="key"))
+    outs = {}
+    try:
+        for impl in ("sdpa", "eager"):
+            model.model.set_attn_implementation(impl)
+            tokens = model.generate(ids, images=px, max_new_tokens=6)
+            outs[impl] = (tokens.tolist(), model.get_model().prune_trace[0][0].kept.tolist())
+    finally:
+        model.model.set_attn_implementation("sdpa")
+    assert outs["sdpa"] == outs["eager"]
+
+
+def test_bad_prune_configs_name_the_flag(loaded_tiny):
+    _, model, _, _ = loaded_tiny
+    with pytest.raises(ValueError, match="--prune-layer"):
+        model.set_prune(PruneConfig(layer=4, keep=10))  # the tiny model has 4 layers: K must be in [1, 3]
+    with pytest.raises(ValueError, match="--prune-keep"):
+        model.set_prune(PruneConfig(layer=2, keep=577))
+    with pytest.raises(ValueError, match="--prune-layer 'auto'"):
+        model.set_prune(PruneConfig(layer="auto", keep=10))
+    model.set_prune(None)
