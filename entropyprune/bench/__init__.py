@@ -1,0 +1,1 @@
+"""Micro-benchmarks (``python -m entropyprune.bench.<name>``); each writes a table and optional JSON."""
