@@ -78,10 +78,15 @@ class PruneHook:
             images = [(r, s, v, n, slot + (lo if r == b else 0)) for r, s, v, n, slot in images]
         self.index, self.valid = index, valid
         self.padded = bool((~valid).any())
-        # Images sharing (V, N) are scored in one batched call.
+        # Images sharing (V, N) are scored in one batched call. Their index tensors are built here, on the
+        # host, so that layer K only issues non-blocking copies.
         self.groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for b, start, v, n, slot in images:
             self.groups.setdefault((v, n), []).append((b, start, slot))
+        self.group_index = {
+            key: tuple(torch.tensor([m[j] for m in members], dtype=torch.long) for j in range(3))
+            for key, members in self.groups.items()
+        }
         self.records_layout = [[(start, v) for start, v in spans] for spans in splice.image_spans]
 
     def __call__(self, hidden, position_ids, valid, capture: dict):
@@ -90,9 +95,7 @@ class PruneHook:
         index = self.index.to(device, non_blocking=True)
         records = {}
         for (v, n), members in self.groups.items():
-            rows = torch.tensor([m[0] for m in members], device=device)
-            starts = torch.tensor([m[1] for m in members], device=device)
-            slots = torch.tensor([m[2] for m in members], device=device)
+            rows, starts, slots = (x.to(device, non_blocking=True) for x in self.group_index[(v, n)])
             span = starts[:, None] + torch.arange(v, device=device)[None]  # [I, V]
             states = states_all[rows[:, None], :, span]  # [I, V, h, d_h]
             inputs = PruneInputs(states=states, hidden=hidden[rows[:, None], span], num_heads=states.shape[2],
