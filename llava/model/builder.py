@@ -18,15 +18,23 @@ def _looks_like_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not os.path.exists(name)
 
 
+def _download(name: str) -> str | None:
+    """The local snapshot of hub id `name`, downloaded when online; None when offline or not a hub id."""
+    if not _looks_like_hub_id(name) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+        return None
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name)
+
+
 def resolve_model_path(model_path: str) -> str:
     """A local folder as is; a hub id downloaded (only when online); otherwise an error naming the path."""
     path = os.path.expanduser(model_path)
     if os.path.isdir(path):
         return path
-    if _looks_like_hub_id(model_path) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", ""):
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(model_path)
+    local = _download(model_path)
+    if local:
+        return local
     raise FileNotFoundError(
         f"model folder not found: {model_path!r}. Pass a local checkpoint folder or a hub id such as "
         "liuhaotian/llava-v1.5-7b (downloads need network access)."
@@ -42,10 +50,9 @@ def resolve_vision_tower(name: str | None, model_path: str) -> str:
     for candidate in (os.path.expanduser(name), os.path.join(model_path, name)):
         if os.path.isdir(candidate):
             return candidate
-    if _looks_like_hub_id(name) and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", ""):
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name)
+    local = _download(name)
+    if local:
+        return local
     raise FileNotFoundError(
         f"vision tower {name!r} (mm_vision_tower in {model_path}/config.json) was not found as a folder. "
         "Download it, or pass vision_tower=/path/to/clip-vit-large-patch14-336 (CLI: --vision-tower)."
