@@ -27,8 +27,22 @@ $(CKPT)/config.json:
 
 tiny: install $(CKPT)/config.json
 
-demo: install $(CKPT)/config.json
+# Demo benchmark data goes to its own folder so that it never mixes with real data in playground/data/eval.
+DEMO_EVAL_ROOT ?= playground/data/eval-demo
+
+$(DEMO_EVAL_ROOT)/.entropyprune-demo:
+	$(PYTHON) -m llava.tools.make_demo_data --root $(DEMO_EVAL_ROOT)
+
+# One question with and without pruning, then the whole MME pipeline (answers, scores, run record) with
+# EntropyPrune on. The tiny checkpoint has 4 layers, not 32: AVG_TOKENS=192 would ask the 2 unpruned layers'
+# 576 tokens each to average 192 over 4 layers, which no N can do, so the demo keeps N=166 after layer 2
+# directly (what AVG_TOKENS=192 means on LLaVA-1.5-7B). Random weights rarely emit EOS, and MME answers
+# are one word, so answers are capped at 16 tokens to keep the run to a minute or so on 2 CPU cores.
+demo: install $(CKPT)/config.json $(DEMO_EVAL_ROOT)/.entropyprune-demo
 	HF_HUB_OFFLINE=1 $(PYTHON) -m llava.tools.demo --model-path $(CKPT)
+	HF_HUB_OFFLINE=1 PYTHON=$(PYTHON) CKPT=$(notdir $(CKPT)) MODEL_PATH=$(CKPT) EVAL_ROOT=$(DEMO_EVAL_ROOT) \
+		METHOD=entropy LAYER=2 KEEP=166 EVAL_ARGS="--max-new-tokens 16" \
+		bash scripts/eval/mme.sh
 
 clean:
-	rm -rf checkpoints results .pytest_cache
+	rm -rf checkpoints results .pytest_cache playground/data/eval-demo

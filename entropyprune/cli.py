@@ -1,9 +1,12 @@
 """The ``entropyprune`` command line.
 
 Each subcommand is two functions, one that adds its arguments to its sub-parser and one that runs it,
-registered in ``COMMANDS``; adding ``ecl`` or ``report`` later is one more entry there.
+registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their code (entropyprune.ecl,
+entropyprune.report).
 
     entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
+    entropyprune ecl --model-path CKPT --question-file Q.jsonl --image-folder DIR --samples 64 --out DIR
+    entropyprune report results [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from entropyprune import ecl as E
 from entropyprune import flops as F
+from entropyprune import report as R
 
 MIB = 2**20
 
@@ -95,6 +100,12 @@ def _flops_arguments(p: argparse.ArgumentParser) -> None:
         "--vision",
         action="store_true",
         help="count the CLIP ViT-L/14-336 tower and the mlp2x_gelu projector (the release's calflops scope)",
+    )
+    p.add_argument(
+        "--measured",
+        action="store_true",
+        help="also run the real model (full size, meta device) under torch's FlopCounterMode and print the "
+        "measured count next to the analytic one (full attention, as the meta-device SDPA computes it)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
 
@@ -236,10 +247,30 @@ def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.text_tokens + args.images * args.visual_tokens == 0:
         parser.error("--text-tokens 0 with no visual tokens: the prompt is empty")
     rep = _flops_report(args, shape, keep)
+    cmp = None
+    if args.measured:
+        from entropyprune import flops_measured as M
+
+        cmp = M.compare(
+            shape,
+            n_text=args.text_tokens,
+            n_visual=args.visual_tokens,
+            n_images=args.images,
+            layer=args.layer,
+            keep=keep,
+            decode_steps=args.decode_steps,
+            include_lm_head=args.lm_head,
+            vision="clip-vit-l-14-336" if args.vision else None,
+        )
+        rep["measured"] = {k: cmp[k] for k in ("rows", "max_rel_diff", "hook", "method_used", "fraction")}
     if args.json:
         print(json.dumps(rep, indent=2))
     else:
         _print_flops_table(rep, shape)
+        if cmp is not None:
+            print()
+            print("measured   FlopCounterMode on the meta device; compared with the analytic count, full attention")
+            print(M.format_comparison(cmp))
     return 0
 
 
@@ -250,6 +281,16 @@ COMMANDS: dict[str, Command] = {
         help="analytic FLOPs and KV cache of a pruned prefill (paper Eq. 15-16, Table 5)",
         add_arguments=_flops_arguments,
         run=cmd_flops,
+    ),
+    "ecl": Command(
+        help="layer-wise matrix entropy of the visual tokens and the Entropy Collapse Layer (paper Fig. 2-3)",
+        add_arguments=E.add_arguments,
+        run=E.cmd_ecl,
+    ),
+    "report": Command(
+        help="results/<benchmark>/*.json -> score-by-layer tables and figure (paper Fig. 5)",
+        add_arguments=R.add_arguments,
+        run=R.main_report,
     ),
 }
 

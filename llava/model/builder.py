@@ -79,6 +79,11 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         raise NotImplementedError(
             "model_base (LoRA or projector-only checkpoints) is not supported; merge the weights first"
         )
+    if prune is not None:
+        from entropyprune.ecl import resolve_auto_layer
+
+        # `--prune-layer auto`: the collapse layer stored for this model; fails before any weight is read.
+        prune = resolve_auto_layer(prune, model_path)
     if use_flash_attn:
         attn_implementation = "flash_attention_2"
     if isinstance(device_map, dict) and "" in device_map and device is None:

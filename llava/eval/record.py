@@ -1,0 +1,214 @@
+"""Write the run record of one benchmark run: `results/<benchmark>/<run-name>.json`.
+
+    python -m llava.eval.record --benchmark mme --run-name llava-v1.5-7b-entropy-L2-avg192 \
+        --answers playground/data/eval/MME/answers/llava-v1.5-7b-entropy-L2-avg192.jsonl \
+        --scores-json playground/data/eval/MME/answers/llava-v1.5-7b-entropy-L2-avg192_scores.json \
+        --wall-time 812.4 [--results-dir results] [--submission FILE]
+
+The model and pruning fields come from the answers' sidecar (`<answers>.meta.json`, written by the
+drivers), the scores from the scorer's JSON summary (never from its printed lines). Fields:
+
+  run_name, benchmark, model (checkpoint name), model_path
+  method (null without pruning), layer, keep (N visual tokens kept per image after layer K),
+  avg_tokens (its average-token equivalent over all L layers), ratio, states, variant, budget (as asked:
+  {"keep"|"avg_tokens"|"ratio": value}), prune (the whole PruneConfig or null), num_layers, visual_tokens
+  scores (flat: name -> number), score_name / score (the headline number), score_note
+  answers, questions, answers_file, scores_file, submission
+  generation (conv_mode, temperature, top_p, num_beams, max_new_tokens), device, dtype
+  wall_time_s, version, git_commit, git_dirty, created
+
+Prints the scores as a table and the record's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+from llava.eval import EvalInputError, load_json, read_jsonl, run_cli, write_json
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# benchmark -> (headline score name, note when the scorer summary has no such score)
+BENCHMARKS = {
+    "mme": ("perception", None),
+    "textvqa": ("accuracy", None),
+    "sqa": ("img_accuracy", None),
+    "mmbench": ("circular_eval", "no answer column in the TSV: submit the xlsx to the OpenCompass server"),
+    "mmbench_cn": ("circular_eval", "no answer column in the TSV: submit the xlsx to the OpenCompass server"),
+    "mmvet": ("total", "MM-Vet is graded by GPT-4: submit the results JSON to the official evaluator, or rerun "
+                       "with MMVET_GRADE=1 and MMVET_API_KEY set"),
+}
+
+
+def package_version() -> str:
+    """The installed package's version, or pyproject.toml's when running from a checkout."""
+    # entropyprune.__version__ when the package is already imported (importing it here would pull in torch).
+    module = sys.modules.get("entropyprune")
+    if getattr(module, "__version__", None):
+        return str(module.__version__)
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("entropyprune")
+    except PackageNotFoundError:
+        pass
+    pyproject = os.path.join(REPO_ROOT, "pyproject.toml")
+    if os.path.isfile(pyproject):
+        with open(pyproject, encoding="utf-8") as f:
+            m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
+        if m:
+            return m.group(1)
+    return "unknown"
+
+
+def git_state(root: str = REPO_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, whether tracked files differ from it), or (None, None) outside a git checkout."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, (bool(status) if status is not None else None)
+
+
+def _numbers(summary: dict, keys: tuple[str, ...]) -> dict:
+    return {k: summary[k] for k in keys if isinstance(summary.get(k), (int, float)) and not isinstance(
+        summary.get(k), bool)}
+
+
+def extract_scores(benchmark: str, summary: dict | None) -> dict:
+    """The scorer summary's numbers, flat (name -> number), as the report tool reads them."""
+    if not summary:
+        return {}
+    if benchmark == "mme":
+        scores = _numbers(summary, ("perception", "cognition", "total"))
+        for name, sub in (summary.get("subtasks") or {}).items():
+            if isinstance(sub, dict) and isinstance(sub.get("score"), (int, float)):
+                scores[name] = sub["score"]
+        return scores
+    if benchmark == "textvqa":
+        return _numbers(summary, ("accuracy", "samples"))
+    if benchmark == "sqa":
+        return _numbers(summary, ("img_accuracy", "accuracy", "img_total", "total", "failed"))
+    if benchmark in ("mmbench", "mmbench_cn"):
+        return _numbers(summary, ("circular_eval", "single_eval", "groups", "questions", "unparsed", "missing"))
+    if benchmark == "mmvet":
+        scores = _numbers(summary, ("total",))
+        for name, value in (summary.get("capabilities") or {}).items():
+            if isinstance(value, (int, float)):
+                scores[name] = value
+        return scores
+    raise EvalInputError(f"unknown --benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+
+
+def build_record(benchmark: str, run_name: str, answers: str, scores_json: str | None, wall_time: float | None,
+                 submission: str | None = None) -> dict:
+    if benchmark not in BENCHMARKS:
+        raise EvalInputError(f"unknown --benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
+    n_answers = len(read_jsonl(answers, "answers file", required=("question_id", "text")))
+    meta_file = answers + ".meta.json"
+    meta = load_json(meta_file, "answers sidecar", "It is written by the llava.eval.model_vqa* drivers (and "
+                     "`python -m llava.eval.driver merge`); rerun the benchmark script.")
+    if not meta.get("complete", False):
+        raise EvalInputError(f"{meta_file} says the answers are incomplete ({meta.get('answers')} of "
+                             f"{meta.get('questions')}); finish the run before recording it.")
+    summary = load_json(scores_json, "scorer summary") if scores_json else None
+    scores = extract_scores(benchmark, summary)
+    settings = meta.get("settings", {})
+    prune = settings.get("prune")
+    budget = None
+    if prune:
+        budget = {k: prune[k] for k in ("keep", "avg_tokens", "ratio") if prune.get(k) is not None}
+    headline, note = BENCHMARKS[benchmark]
+    commit, dirty = git_state()
+    return {
+        "run_name": run_name,
+        "benchmark": benchmark,
+        "model": meta.get("model_name"),
+        "model_path": settings.get("model_path"),
+        "method": meta.get("method"),
+        "layer": meta.get("layer"),
+        "keep": meta.get("kept_tokens"),
+        "avg_tokens": meta.get("avg_tokens_equivalent"),
+        "ratio": prune.get("ratio") if prune else None,
+        "states": prune.get("states") if prune else None,
+        "variant": prune.get("variant") if prune else None,
+        "budget": budget,
+        "prune": prune,
+        "num_layers": meta.get("num_layers"),
+        "visual_tokens": meta.get("num_visual_tokens"),
+        "scores": scores,
+        "score_name": headline,
+        "score": scores.get(headline),
+        "score_note": None if headline in scores else note,
+        "answers": n_answers,
+        "questions": meta.get("questions"),
+        "answers_file": os.path.abspath(answers),
+        "scores_file": os.path.abspath(scores_json) if scores_json else None,
+        "submission": os.path.abspath(submission) if submission else (summary or {}).get("submission"),
+        "generation": {k: settings.get(k) for k in ("conv_mode", "temperature", "top_p", "num_beams",
+                                                    "max_new_tokens")},
+        "options": settings.get("options"),
+        "device": meta.get("device"),
+        "dtype": meta.get("torch_dtype"),
+        "wall_time_s": wall_time,
+        "version": package_version(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def format_table(record: dict) -> str:
+    scores = record["scores"]
+    if record["benchmark"] == "mme":
+        # The scorer has just printed the 14 subtasks; the record's summary keeps to the sums.
+        scores = {k: v for k, v in scores.items() if k in ("perception", "cognition", "total")}
+    rows = [(name, f"{value:.2f}" if isinstance(value, float) else str(value)) for name, value in scores.items()]
+    width = max([len(n) for n, _ in rows] + [len("score")])
+    lines = [f"{record['benchmark']} | {record['run_name']}"]
+    prune = f"{record['method']} at layer {record['layer']}" if record["method"] else "none"
+    lines.append(f"pruning: {prune}; visual tokens kept per image: {record['keep']} of {record['visual_tokens']} "
+                 f"(average over layers: {record['avg_tokens']:.4g})" if record["keep"] is not None else "")
+    lines.append(f"{'score':<{width}}  value")
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    if record["score_note"]:
+        lines.append(f"note: {record['score_note']}")
+    return "\n".join(line for line in lines if line)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    ap.add_argument("--run-name", required=True)
+    ap.add_argument("--answers", required=True, help="the (merged) answers jsonl, with its .meta.json sidecar")
+    ap.add_argument("--scores-json", default=None, help="the scorer's JSON summary (omit when there is none)")
+    ap.add_argument("--wall-time", type=float, default=None, help="seconds taken by inference and scoring")
+    ap.add_argument("--submission", default=None, help="file to submit for official scores (MM-Vet, MMBench)")
+    ap.add_argument("--results-dir", default="results")
+    ap.add_argument("--output", default=None, help="record path (default: <results-dir>/<benchmark>/<run>.json)")
+    args = ap.parse_args(argv)
+    if "/" in args.run_name or args.run_name in ("", ".", ".."):
+        raise EvalInputError(f"--run-name {args.run_name!r} must be a plain file name")
+    record = build_record(args.benchmark, args.run_name, args.answers, args.scores_json, args.wall_time,
+                          args.submission)
+    out = args.output or os.path.join(args.results_dir, args.benchmark, f"{args.run_name}.json")
+    write_json(out, record)
+    print(format_table(record))
+    print(f"record: {out}")
+    return record
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,159 @@
+"""scripts/eval/*.sh end to end on the tiny checkpoint and the demo data: answers, scores, run records."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llava.tools import make_demo_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts", "eval")
+RECORD_FIELDS = {"run_name", "benchmark", "model", "model_path", "method", "layer", "keep", "avg_tokens", "scores",
+                 "score_name", "score", "wall_time_s", "version", "git_commit", "answers", "answers_file"}
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="the eval scripts need bash")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("eval"))
+    make_demo_data.build(root, seed=0, mme_images=1)
+    return root
+
+
+def run_script(name, tiny_llava, eval_root, results, cwd=REPO, **env):
+    full_env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "CKPT": "llava-v1.5-tiny",
+        "MODEL_PATH": tiny_llava,
+        "EVAL_ROOT": str(eval_root),
+        "RESULTS_DIR": str(results),
+        # Random weights rarely emit EOS: a few tokens per answer keep the run short.
+        "EVAL_ARGS": "--max-new-tokens 3",
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        **env,
+    }
+    for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME"):
+        if var not in env:
+            full_env.pop(var, None)
+    return subprocess.run(["bash", os.path.join(SCRIPTS, name)], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# benchmark -> (answers file under EVAL_ROOT, questions, scorer summary, headline score)
+EXPECTED = {
+    "mme": ("MME/answers/{run}.jsonl", 28, "MME/answers/{run}_scores.json", "perception"),
+    "textvqa": ("textvqa/answers/{run}.jsonl", 5, "textvqa/answers/{run}_scores.json", "accuracy"),
+    "sqa": ("scienceqa/answers/{run}.jsonl", 5, "scienceqa/answers/{run}_scores.json", "img_accuracy"),
+    "mmbench": ("mmbench/answers/mmbench_dev_20230712/{run}.jsonl", 9,
+                "mmbench/answers/mmbench_dev_20230712/{run}_scores.json", "circular_eval"),
+    "mmbench_cn": ("mmbench_cn/answers/mmbench_dev_cn_20231003/{run}.jsonl", 9,
+                   "mmbench_cn/answers/mmbench_dev_cn_20231003/{run}_scores.json", "circular_eval"),
+    "mmvet": ("mm-vet/answers/{run}.jsonl", 4, None, "total"),
+}
+
+
+def test_all_scripts_end_to_end_with_pruning(tiny_llava, demo, tmp_path):
+    results = tmp_path / "results"
+    # The tiny model has 4 layers: keep N=166 after layer 2 (AVG_TOKENS=192 is a 32-layer budget).
+    proc = run_script("all.sh", tiny_llava, demo, results, cwd=str(tmp_path), METHOD="entropy", LAYER="2",
+                      KEEP="166")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = "llava-v1.5-tiny-entropy-L2-keep166"
+    for bench, (answers, n, scores, headline) in EXPECTED.items():
+        lines = read_lines(os.path.join(demo, answers.format(run=run)))
+        assert len(lines) == n, bench
+        for line in lines:
+            assert {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"} <= set(line)
+        record = load(results / bench / f"{run}.json")
+        assert RECORD_FIELDS <= set(record), bench
+        assert record["benchmark"] == bench and record["run_name"] == run
+        assert record["model"] == "llava-v1.5-tiny" and record["model_path"] == os.path.abspath(tiny_llava)
+        assert (record["method"], record["layer"], record["keep"]) == ("entropy", 2, 166)
+        assert record["avg_tokens"] == (2 * 576 + 2 * 166) / 4 and record["visual_tokens"] == 576
+        assert record["budget"] == {"keep": 166} and record["answers"] == n
+        assert record["wall_time_s"] > 0 and record["version"]
+        assert record["git_commit"] is None or len(record["git_commit"]) == 40
+        assert record["generation"]["temperature"] == 0 and record["generation"]["conv_mode"] == "vicuna_v1"
+        if scores:
+            summary = load(os.path.join(demo, scores.format(run=run)))
+            assert record["score"] == summary[headline] and record["score_name"] == headline
+        else:  # MM-Vet is graded by GPT-4 outside: no score, a note and the file to submit
+            assert record["score"] is None and "MM-Vet" in record["score_note"]
+            assert load(record["submission"]).keys() == {f"v1_{i}" for i in range(4)}
+    mme = load(results / "mme" / f"{run}.json")["scores"]
+    assert {"perception", "cognition", "total", "existence", "code_reasoning"} <= set(mme)
+    assert os.path.isfile(os.path.join(demo, "MME", "eval_tool", "answers", run, "existence.txt"))
+    assert os.path.isfile(os.path.join(demo, "mmbench", "answers_upload", "mmbench_dev_20230712", f"{run}.xlsx"))
+    # The MMBench-CN upload goes under mmbench_cn/ (LLaVA's script created the folder under mmbench/).
+    assert os.path.isfile(os.path.join(demo, "mmbench_cn", "answers_upload", "mmbench_dev_cn_20231003",
+                                       f"{run}.xlsx"))
+    assert "record: " in proc.stdout and "Perception:" in proc.stdout
+
+    # A rerun resumes: every answer is there, so nothing is regenerated (same answer ids), and it is recorded again.
+    mme_answers = os.path.join(demo, EXPECTED["mme"][0].format(run=run))
+    before = open(mme_answers, "rb").read()
+    proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="entropy", LAYER="2", KEEP="166")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nothing to do" in proc.stderr
+    assert open(mme_answers, "rb").read() == before
+
+
+def test_two_gpu_chunks_merged_in_order(tiny_llava, demo, tmp_path):
+    # Two "GPUs" listed: two chunk processes run side by side (on the CPU here) and are merged in order.
+    results = tmp_path / "results"
+    proc = run_script("mmvet.sh", tiny_llava, demo, results, CUDA_VISIBLE_DEVICES="0,1", METHOD="entropy",
+                      AVG_TOKENS="300", RUN_NAME="chunked")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    answers = os.path.join(demo, "mm-vet", "answers", "chunked.jsonl")
+    parts = [os.path.join(demo, "mm-vet", "answers", "chunked", f"2_{i}.jsonl") for i in range(2)]
+    assert [r["question_id"] for r in read_lines(answers)] == [0, 1, 2, 3]
+    assert read_lines(answers) == read_lines(parts[0]) + read_lines(parts[1])
+    record = load(results / "mmvet" / "chunked.json")
+    # AVG_TOKENS=300 on 4 layers after layer 2: N = (4*300 - 2*576) // 2 = 24, averaging exactly 300.
+    assert (record["keep"], record["avg_tokens"], record["budget"]) == (24, 300.0, {"avg_tokens": 300})
+
+
+def test_missing_data_is_one_clear_error(tiny_llava, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for script, what in (("mme.sh", "MME/llava_mme.jsonl"), ("textvqa.sh", "textvqa/TextVQA_0.5.1_val.json"),
+                         ("sqa.sh", "scienceqa/problems.json"), ("mmbench.sh", "mmbench_dev_20230712.tsv"),
+                         ("mmbench_cn.sh", "mmbench_cn/mmbench_dev_cn_20231003.tsv"),
+                         ("mmvet.sh", "mm-vet/llava-mm-vet.jsonl")):
+        proc = run_script(script, tiny_llava, empty, tmp_path / "results")
+        assert proc.returncode != 0, script
+        assert what in proc.stderr and "docs/Evaluation.md" in proc.stderr, script
+        assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr, script
+    proc = run_script("all.sh", tiny_llava, empty, tmp_path / "results")
+    assert proc.returncode == 1
+    assert "failed: mme textvqa sqa mmbench mmbench_cn mmvet" in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"METHOD": "entropy"}, "needs exactly one budget"),
+    ({"METHOD": "entropy", "KEEP": "64", "RATIO": "0.5"}, "needs exactly one budget"),
+    ({"KEEP": "64"}, "METHOD is not"),
+])
+def test_pruning_environment_is_checked(tiny_llava, demo, tmp_path, env, message):
+    proc = run_script("mme.sh", tiny_llava, demo, tmp_path / "results", **env)
+    assert proc.returncode != 0 and message in proc.stderr
