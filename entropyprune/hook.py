@@ -33,6 +33,11 @@ class PruneRecord:
         return getattr(self, key)
 
 
+def _host_tensor(values: list[int]) -> torch.Tensor:
+    t = torch.tensor(values, dtype=torch.long)
+    return t.pin_memory() if torch.cuda.is_available() else t
+
+
 def check_prune_config(cfg: PruneConfig, model_config, num_visual: int | None = None) -> int:
     """Validate `cfg` against the model; returns N kept per image for `num_visual` tokens (576 by default)."""
     if not isinstance(cfg, PruneConfig):
@@ -76,6 +81,9 @@ class PruneHook:
             index[b, lo:lo + len(src)] = torch.tensor(src, dtype=torch.long)
             valid[b, lo:lo + len(src)] = True
             images = [(r, s, v, n, slot + (lo if r == b else 0)) for r, s, v, n, slot in images]
+        if torch.cuda.is_available():
+            # Pinned host memory makes the copies at layer K asynchronous: no wait inside the layer loop.
+            index, valid = index.pin_memory(), valid.pin_memory()
         self.index, self.valid = index, valid
         self.padded = bool((~valid).any())
         # Images sharing (V, N) are scored in one batched call. Their index tensors are built here, on the
@@ -84,8 +92,7 @@ class PruneHook:
         for b, start, v, n, slot in images:
             self.groups.setdefault((v, n), []).append((b, start, slot))
         self.group_index = {
-            key: tuple(torch.tensor([m[j] for m in members], dtype=torch.long) for j in range(3))
-            for key, members in self.groups.items()
+            key: tuple(_host_tensor([m[j] for m in members]) for j in range(3)) for key, members in self.groups.items()
         }
         self.records_layout = [[(start, v) for start, v in spans] for spans in splice.image_spans]
 

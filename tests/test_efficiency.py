@@ -1,0 +1,139 @@
+"""Measured efficiency: FlopCounterMode against the analytic count, the KV cache against the kept tokens,
+and the efficiency benchmark's output format."""
+
+import json
+
+import pytest
+import torch
+
+from entropyprune import flops as F
+from entropyprune import flops_measured as M
+from entropyprune.config import PruneConfig
+from llava.mm_utils import process_images, tokenizer_image_token
+from tests.conftest import make_image, vicuna_prompt
+
+SEVEN_B = F.PRESETS["llava-1.5-7b"]
+
+
+@pytest.mark.parametrize("keep", [None, 166, 98, 29])
+def test_measured_matches_analytic_at_7b(keep):
+    cmp = M.compare(SEVEN_B, n_text=62, keep=keep)
+    assert cmp["max_rel_diff"] < 0.02
+    for row in cmp["rows"]:
+        assert row["measured"] > 0, row
+    # The cache the real forward filled has the per-layer token counts the analytic count assumed.
+    assert cmp["tokens_per_layer"] == cmp["analytic_tokens_per_layer"]
+    assert cmp["fraction"] == pytest.approx(cmp["analytic_fraction"], rel=0.02)
+    if keep is None:
+        assert cmp["method_used"] is None and cmp["hook"] == 0
+    else:
+        # EntropyPrune itself runs on meta tensors; its Gram products are counted apart from the layers.
+        assert cmp["method_used"] == "entropy"
+        assert 0 < cmp["hook"] < 1e-3 * cmp["measured"]["prefill"]
+
+
+def test_measured_covers_decode_lm_head_vision_and_gqa():
+    gqa = F.LMShape(num_layers=4, hidden_size=256, intermediate_size=512, num_heads=8, num_kv_heads=2,
+                    head_dim=32, vocab_size=1000)
+    cmp = M.compare(gqa, n_text=20, n_visual=64, n_images=2, layer=1, keep=16, decode_steps=3, include_lm_head=True)
+    assert cmp["max_rel_diff"] < 0.02
+    assert cmp["measured"]["terms"]["k_proj"] == cmp["measured"]["terms"]["q_proj"] // 4
+    parts = {r["part"] for r in cmp["rows"]}
+    assert {"decode (3 steps)", "LM head"} <= parts
+    vis = M.compare(SEVEN_B, n_text=62, keep=98, vision="clip-vit-l-14-336")
+    row = next(r for r in vis["rows"] if r["part"].startswith("vision"))
+    assert abs(row["rel_diff"]) < 0.02
+
+
+def test_cli_flops_measured(capsys):
+    from entropyprune.cli import main
+
+    assert main(["flops", "--avg-tokens", "128", "--text-tokens", "62", "--measured", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["measured"]["max_rel_diff"] < 0.02
+    assert rep["measured"]["fraction"] == pytest.approx(rep["fraction"], rel=0.02)
+    assert main(["flops", "--avg-tokens", "128", "--text-tokens", "62", "--measured"]) == 0
+    out = capsys.readouterr().out
+    assert "measured TFLOPs" in out and "FLOPs: 29.3%" in out
+
+
+@pytest.mark.parametrize("avg", [None, 128])
+def test_kv_cache_bytes_follow_kept_tokens(loaded_tiny, avg):
+    tok, model, proc, _ = loaded_tiny
+    ids = tokenizer_image_token(vicuna_prompt("What is it?"), tok, return_tensors="pt")[None]
+    pixels = process_images([make_image()], proc, model.config)
+    cfg = model.config
+    L, K, V = cfg.num_hidden_layers, 2, 576
+    n_text = ids.shape[1] - 1
+    keep = None
+    try:
+        if avg is not None:
+            # The 32-layer rule (the papers' budgets): a 4-layer model cannot average 128 with K=2 itself.
+            keep = PruneConfig(layer=K, avg_tokens=avg).resolve(32, V)
+            model.set_prune(PruneConfig(layer=K, keep=keep))
+        with torch.inference_mode():
+            out = model(ids, images=pixels, use_cache=True)
+    finally:
+        model.set_prune(None)
+    cache = out.past_key_values
+    lengths = cache.layer_lengths()
+    kept = V if keep is None else keep
+    assert lengths == [n_text + V] * K + [n_text + kept] * (L - K)
+    elem = cache.keys[0].element_size()
+    expected = 2 * sum(lengths) * cfg.num_key_value_heads * cfg.head_dim * elem
+    assert cache.nbytes() == expected
+    shape = F.LMShape(L, cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                      cfg.head_dim, cfg.vocab_size)
+    assert cache.nbytes() == F.kv_cache_bytes(shape, lengths, bytes_per_elem=elem)
+    if keep is not None:
+        full = 2 * L * (n_text + V) * cfg.num_key_value_heads * cfg.head_dim * elem
+        assert full - cache.nbytes() == 2 * (L - K) * (V - keep) * cfg.num_key_value_heads * cfg.head_dim * elem
+
+
+def test_efficiency_bench_tiny_writes_json(tmp_path, capsys):
+    from entropyprune.bench import efficiency
+
+    out = tmp_path / "rows.json"
+    efficiency.main(["--arch", "tiny", "--repeats", "1", "--warmup", "0", "--new-tokens", "2",
+                     "--methods", "entropy,random", "--score", "vanilla=1862", "--json", str(out)])
+    assert "Prefill (s)" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and len(rows) == 1 + 2 * 3
+    for row in rows:
+        for key in efficiency.REQUIRED_KEYS:
+            assert key in row, key
+        assert row["arch"] == "tiny" and row["device"] == "cpu" and row["dtype"] == "bfloat16"
+        assert row["prefill_s"] > 0 and row["latency_s"] >= row["prefill_s"]
+        assert 0 < row["flops_fraction"] <= 1
+        assert row["kv_checked"] and row["kv_bytes"] > row["kv_visual_bytes"] > 0
+        assert row["peak_mem_bytes"] > 0
+    vanilla = rows[0]
+    assert vanilla["method"] == "vanilla" and vanilla["keep"] == 576 and vanilla["flops_fraction"] == 1
+    assert vanilla["score"] == 1862
+    by_label = {r["label"]: r for r in rows}
+    assert [by_label[f"entropy@{t}"]["keep"] for t in (192, 128, 64)] == [166, 98, 29]
+    assert by_label["entropy@128"]["select_s"] > 0 and by_label["entropy@128"]["score_s"] > 0
+    # KV shrinks exactly by the dropped tokens in layers K..L-1 (tiny: 4 layers x 4 kv heads x 16, bf16).
+    drop = vanilla["kv_bytes"] - by_label["entropy@128"]["kv_bytes"]
+    assert drop == 2 * (4 - 2) * (576 - 98) * 4 * 16 * 2
+
+
+def test_efficiency_bench_with_vision_tower(tmp_path):
+    from entropyprune.bench import efficiency
+
+    rows = efficiency.main(["--arch", "tiny", "--with-vision", "--repeats", "1", "--warmup", "0",
+                            "--new-tokens", "1", "--budgets", "128"])
+    assert [r["label"] for r in rows] == ["vanilla", "entropy@128"]
+    assert rows[0]["vision_tower"] and rows[1]["keep"] == 98
+    # The vision tower is in the timed scope, so it is in the FLOPs too (it does not shrink with pruning).
+    assert rows[1]["flops_fraction"] > F.prefill_flops(F.LMShape(4, 64, 128, 4, 4, 16, 640), 62, layer=2,
+                                                       keep=98)["fraction"]
+
+
+def test_efficiency_bench_rejects_bad_input():
+    from entropyprune.bench import efficiency
+
+    with pytest.raises(SystemExit, match="--methods"):
+        efficiency.main(["--arch", "tiny", "--methods", "nope"])
+    with pytest.raises(SystemExit, match="--questions needs --model-path"):
+        efficiency.main(["--arch", "tiny", "--questions", "x.jsonl"])
