@@ -84,7 +84,7 @@ def read_jsonl(
             if missing:
                 raise EvalInputError(
                     f"{path}:{lineno}: missing field(s) {', '.join(missing)}; this does not look like a "
-                    f"LLaVA answers file (needs {', '.join(required)})."
+                    f"{what} line (needs {', '.join(required)})."
                 )
             records.append((lineno, record))
     return records

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from llava.eval import EvalInputError, load_json, write_json
+from llava.eval import EvalInputError, load_json, read_jsonl, write_json
 
 META_SUFFIX = ".meta.json"
 POLL_SECONDS = 1.0
@@ -233,28 +233,9 @@ def jsonl_benchmark(name: str) -> Benchmark:
 def read_question_jsonl(path: str, required: Iterable[str] = ("question_id", "image", "text")) -> list[tuple]:
     """LLaVA's question jsonl as (record, "file:line") pairs; a bad line is an error naming file and line."""
     path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise EvalInputError(f"question file not found: {path}. See docs/Evaluation.md for where the "
-                             "benchmark files go.")
-    required = tuple(required)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise EvalInputError(f"{path}:{lineno}: malformed JSON ({err.msg}, column {err.colno}); fix or "
-                                     "re-download the question file.") from None
-            if not isinstance(record, dict):
-                raise EvalInputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}.")
-            missing = [k for k in required if k not in record]
-            if missing:
-                raise EvalInputError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}; a LLaVA question "
-                                     f"line needs {', '.join(required)}.")
-            rows.append((record, f"{path}:{lineno}"))
-    return rows
+    rows = read_jsonl(path, "LLaVA question file", required, fix="See docs/Evaluation.md for where the "
+                      "benchmark files go.")
+    return [(record, f"{path}:{lineno}") for lineno, record in rows]
 
 
 def open_rgb(path: str):
