@@ -113,16 +113,15 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         tower.to(device)
         skip = ("model.vision_tower.",)
     else:
-        from transformers import CLIPImageProcessor
-
         from llava.model.multimodal_encoder.builder import build_vision_tower
+        from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
         # Built off the meta device so that CLIP's non-persistent buffers (position ids) are real tensors.
         tower = model.model.vision_tower = build_vision_tower(config).to(device=device, dtype=dtype)
         proc_dir = path if os.path.isfile(os.path.join(path, "preprocessor_config.json")) else None
-        tower.image_processor = (CLIPImageProcessor.from_pretrained(proc_dir) if proc_dir
-                                 else CLIPImageProcessor(size={"shortest_edge": 336},
-                                                         crop_size={"height": 336, "width": 336}))
+        processor_cls = clip_image_processor_class()
+        default = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+        tower.image_processor = processor_cls.from_pretrained(proc_dir) if proc_dir else processor_cls(**default)
         tower.is_loaded = True
         skip = ()
     unexpected = load_weights(model, weight_files(path), config.checkpoint_format, device, dtype, skip)

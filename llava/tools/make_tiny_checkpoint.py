@@ -89,12 +89,14 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, nu
 
 
 def _make_tower(out_dir: str, seed: int):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
     torch.manual_seed(seed + 1)
     tower = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
     tower.save_pretrained(out_dir)
-    CLIPImageProcessor(
+    clip_image_processor_class()(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
         resample=3,

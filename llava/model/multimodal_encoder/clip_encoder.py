@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 
+def clip_image_processor_class():
+    """CLIP's PIL image processor: transformers 5 names it CLIPImageProcessorPil (its default class wants
+    torchvision, which has no CPU build); older releases call it CLIPImageProcessor."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
 class CLIPVisionTower(nn.Module):
     """Wraps `CLIPVisionModel` so that its weights are named `vision_tower.vision_model.*`, as in LLaVA."""
 
@@ -33,13 +41,14 @@ class CLIPVisionTower(nn.Module):
 
     def load_model(self, dtype: torch.dtype | None = None) -> None:
         """Load the tower's pretrained weights and image processor from its folder or hub id."""
-        from transformers import CLIPImageProcessor, CLIPVisionModel
+        from transformers import CLIPVisionModel
 
         local = os.path.isdir(self.vision_tower_name)
         model = CLIPVisionModel.from_pretrained(self.vision_tower_name, local_files_only=local)
         self.vision_tower = model.to(dtype) if dtype is not None else model
         self.vision_tower.requires_grad_(False)
-        self.image_processor = CLIPImageProcessor.from_pretrained(self.vision_tower_name, local_files_only=local)
+        processor_cls = clip_image_processor_class()
+        self.image_processor = processor_cls.from_pretrained(self.vision_tower_name, local_files_only=local)
         self.is_loaded = True
 
     def feature_select(self, hidden_states) -> torch.Tensor:
