@@ -75,3 +75,28 @@ def test_image_count_mismatch(loaded_tiny):
 def test_quantised_loading_refused(tiny_llava):
     with pytest.raises(NotImplementedError, match="8-bit and 4-bit"):
         load_pretrained_model(tiny_llava, load_4bit=True, device="cpu")
+
+
+def test_offline_hub_id_not_in_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="model folder not found: 'someone/llava-missing'.*offline"):
+        load_pretrained_model("someone/llava-missing", device="cpu")
+
+
+def test_offline_hub_id_found_in_cache(tmp_path, monkeypatch, tiny_llava):
+    """A hub id resolves to the hub cache when offline (the layout huggingface_hub writes)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--someone--llava-tiny"
+    snap = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_llava, snap)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read when the hub is imported
+    _, model, _, _ = load_pretrained_model("someone/llava-tiny", device="cpu")
+    assert model.config.num_hidden_layers == 4

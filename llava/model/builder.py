@@ -19,12 +19,21 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _download(name: str) -> str | None:
-    """The local snapshot of hub id `name`, downloaded when online; None when offline or not a hub id."""
-    if not _looks_like_hub_id(name) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+    """The local snapshot of hub id `name`: from the hub cache, downloaded first when online.
+
+    None when `name` is no hub id, or when offline (HF_HUB_OFFLINE=1) and the cache does not hold it.
+    """
+    if not _looks_like_hub_id(name):
         return None
     from huggingface_hub import snapshot_download
 
-    return snapshot_download(name)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "")
+    try:
+        return snapshot_download(name, local_files_only=offline)
+    except Exception:
+        if offline:
+            return None
+        raise
 
 
 def resolve_model_path(model_path: str) -> str:
@@ -37,7 +46,7 @@ def resolve_model_path(model_path: str) -> str:
         return local
     raise FileNotFoundError(
         f"model folder not found: {model_path!r}. Pass a local checkpoint folder or a hub id such as "
-        "liuhaotian/llava-v1.5-7b (downloads need network access)."
+        "liuhaotian/llava-v1.5-7b (downloads need network access; offline, only the hub cache is searched)."
     )
 
 
