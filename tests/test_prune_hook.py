@@ -210,3 +210,23 @@ def test_bad_prune_configs_name_the_flag(loaded_tiny):
     with pytest.raises(ValueError, match="--prune-layer 'auto'"):
         model.set_prune(PruneConfig(layer="auto", keep=10))
     model.set_prune(None)
+
+
+def test_batch_mixing_image_and_text_only_rows(loaded_tiny):
+    tok, model, proc, _ = loaded_tiny
+    model.set_prune(PruneConfig(layer=K, keep=40))
+    a = tokenizer_image_token(vicuna_prompt("What is it?"), tok, return_tensors="pt")
+    b = tokenizer_image_token(vicuna_prompt("Tell me a story.", image=False), tok, return_tensors="pt")
+    width = max(len(a), len(b))
+    batch = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, x in enumerate((a, b)):
+        batch[i, : len(x)], mask[i, : len(x)] = x, 1
+    px = process_images([make_image(seed=21)], proc, model.config)
+    together = model.generate(batch, images=px, attention_mask=mask, max_new_tokens=6)
+    trace = model.get_model().prune_trace
+    assert [len(row) for row in trace] == [1, 0] and trace[0][0].kept.numel() == 40
+    alone_a = model.generate(a[None], images=px, max_new_tokens=6)
+    alone_b = model.generate(b[None], max_new_tokens=6)
+    assert together[0, : alone_a.shape[1]].tolist() == alone_a[0].tolist()
+    assert together[1, : alone_b.shape[1]].tolist() == alone_b[0].tolist()
