@@ -231,7 +231,8 @@ class LlamaAttention(nn.Module):
 
     def _attend(self, q, k, v, ctx: AttendContext) -> torch.Tensor:
         impl = self.attn_implementation
-        if impl == "flash_attention_2" and _flash_attn_func is not None and not ctx.padded and q.is_cuda:
+        if (impl == "flash_attention_2" and _flash_attn_func is not None and not ctx.padded and q.is_cuda
+                and q.dtype in (torch.float16, torch.bfloat16)):
             # flash-attn aligns the causal mask bottom-right, which is what a decode step needs.
             out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=q.shape[2] > 1)
             return out.transpose(1, 2)
