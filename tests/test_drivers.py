@@ -8,10 +8,20 @@ import shutil
 import subprocess
 import sys
 import threading
+from collections import Counter
 
 import pytest
 
-from llava.eval import EvalInputError, driver, model_vqa, model_vqa_loader, model_vqa_mmbench, model_vqa_science
+from llava.eval import (
+    EvalInputError,
+    answer_file,
+    driver,
+    model_vqa,
+    model_vqa_loader,
+    model_vqa_mmbench,
+    model_vqa_science,
+    shards,
+)
 from llava.tools import make_demo_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -322,10 +332,10 @@ def test_resume_mmbench_keys_on_round(tiny_llava, tiny, demo, tmp_path):
 
 
 def test_split_list_is_llava_ceil_chunking():
-    assert driver.split_list(list(range(5)), 3) == [[0, 1], [2, 3], [4]]
-    assert driver.split_list(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
-    assert driver.get_chunk(list(range(3)), 4, 3) == []  # LLaVA would raise IndexError here
-    assert driver.get_chunk([], 2, 0) == []
+    assert shards.split_list(list(range(5)), 3) == [[0, 1], [2, 3], [4]]
+    assert shards.split_list(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
+    assert shards.get_chunk(list(range(3)), 4, 3) == []  # LLaVA would raise IndexError here
+    assert shards.get_chunk([], 2, 0) == []
 
 
 def test_two_chunks_merged_equal_single_run(tiny_llava, tiny, demo, tmp_path):
@@ -339,7 +349,7 @@ def test_two_chunks_merged_equal_single_run(tiny_llava, tiny, demo, tmp_path):
         parts.append(str(part))
     assert len(read_lines(parts[0])) == 14 and len(read_lines(parts[1])) == 14
     merged = tmp_path / "merged.jsonl"
-    meta = driver.merge_answers(str(merged), parts)
+    meta = answer_file.merge_answers(str(merged), parts)
     assert meta["complete"] is True and meta["answers"] == 28 and meta["questions"] == 28
     key = ("question_id", "prompt", "text")
     assert [[r[k] for k in key] for r in read_lines(merged)] == [[r[k] for k in key] for r in read_lines(single)]
@@ -351,10 +361,10 @@ def test_merge_refuses_interrupted_or_mismatched_chunks(tiny_llava, tiny, demo, 
     model_vqa.main(loader_args(tiny_llava, demo, b, "mmvet", "--num-chunks", "2", "--chunk-idx", "1",
                                "--max-new-tokens", "2"), loaded=tiny)
     with pytest.raises(EvalInputError, match="different settings \\(max_new_tokens\\)"):
-        driver.merge_answers(str(tmp_path / "m.jsonl"), [str(a), str(b)])
+        answer_file.merge_answers(str(tmp_path / "m.jsonl"), [str(a), str(b)])
     b.write_text(a.read_text()[:-5])
     with pytest.raises(EvalInputError, match="partial line"):
-        driver.merge_answers(str(tmp_path / "m.jsonl"), [str(a), str(b)])
+        answer_file.merge_answers(str(tmp_path / "m.jsonl"), [str(a), str(b)])
     assert not (tmp_path / "m.jsonl").exists()
 
 
@@ -388,10 +398,10 @@ def test_torchrun_env_sharding_equals_single_run(tiny_llava, tiny, demo, tmp_pat
 def test_torchrun_rank0_stops_when_a_rank_failed(tmp_path):
     bench = model_vqa_loader.BENCHMARK
     part = str(tmp_path / "2_1.jsonl")
-    driver._mark_failure(part)
+    shards.mark_failure(part)
     with pytest.raises(EvalInputError, match="rank 1 failed"):
-        driver._wait_for_shards(bench, [str(tmp_path / "2_0.jsonl"), part],
-                                [driver.Counter(), driver.Counter({("x", "y"): 1})], started=0.0)
+        shards.wait_for_shards(bench, [str(tmp_path / "2_0.jsonl"), part],
+                                [Counter(), Counter({("x", "y"): 1})], started=0.0)
 
 
 def test_chunk_flags_are_checked():
@@ -400,13 +410,13 @@ def test_chunk_flags_are_checked():
         return driver.build_parser("x", 128).parse_args([*REQUIRED, *argv])
 
     with pytest.raises(EvalInputError, match="RANK='3' is not in 0..1"):
-        driver.resolve_shard(parse([]), env)
+        shards.resolve_shard(parse([]), env)
     with pytest.raises(EvalInputError, match="--chunk-idx 2 is out of range"):
-        driver.resolve_shard(parse(["--num-chunks", "2", "--chunk-idx", "2"]), {})
-    shard = driver.resolve_shard(parse(["--answers-file", "a/b.jsonl"]), {"RANK": "1", "WORLD_SIZE": "4"})
+        shards.resolve_shard(parse(["--num-chunks", "2", "--chunk-idx", "2"]), {})
+    shard = shards.resolve_shard(parse(["--answers-file", "a/b.jsonl"]), {"RANK": "1", "WORLD_SIZE": "4"})
     assert (shard.mode, shard.num, shard.idx, shard.answers_file) == ("torchrun", 4, 1, "a/b/4_1.jsonl")
     # --num-chunks wins over the torchrun environment.
-    assert driver.resolve_shard(parse(["--num-chunks", "1"]), env).mode == "single"
+    assert shards.resolve_shard(parse(["--num-chunks", "1"]), env).mode == "single"
 
 
 # ------------------------------------------------------------------------------------------------ errors

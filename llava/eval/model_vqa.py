@@ -13,7 +13,8 @@ defaults to 1024, LLaVA's fixed value in this driver. Chunking, torchrun, resume
 
 from __future__ import annotations
 
-from llava.eval.driver import build_parser, cli, jsonl_benchmark, run
+from llava.eval.driver import build_parser, cli, run
+from llava.eval.questions import jsonl_benchmark
 
 BENCHMARK = jsonl_benchmark("model_vqa")
 

@@ -14,7 +14,8 @@ template; the short-answer suffix is already in the files); the answer line reco
 
 from __future__ import annotations
 
-from llava.eval.driver import build_parser, cli, jsonl_benchmark, run
+from llava.eval.driver import build_parser, cli, run
+from llava.eval.questions import jsonl_benchmark
 
 BENCHMARK = jsonl_benchmark("model_vqa_loader")
 

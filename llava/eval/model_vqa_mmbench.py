@@ -23,8 +23,9 @@ import io
 import os
 
 from llava.eval import EvalInputError
-from llava.eval.driver import Benchmark, Item, build_parser, cli, run
+from llava.eval.driver import build_parser, cli, run
 from llava.eval.eval_mmbench import OPTION_LETTERS, PANDAS_NA, read_tsv
+from llava.eval.questions import Benchmark, Item
 
 SINGLE_PRED_PROMPT = {
     "en": "Answer with the option's letter from the given choices directly.",

@@ -20,7 +20,8 @@ import json
 import os
 
 from llava.eval import EvalInputError
-from llava.eval.driver import Benchmark, Item, build_parser, cli, open_rgb, prompt_key, run
+from llava.eval.driver import build_parser, cli, run
+from llava.eval.questions import Benchmark, Item, open_rgb, prompt_key
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 
