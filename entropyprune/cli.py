@@ -1,7 +1,7 @@
 """The ``entropyprune`` command line.
 
 Each subcommand is two functions, one that adds its arguments to its sub-parser and one that runs it,
-registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their code (entropyprune.ecl,
+registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their code (entropyprune.ecl_tool,
 entropyprune.report).
 
     entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from entropyprune import ecl as E
+from entropyprune import ecl_tool as E
 from entropyprune import flops as F
 from entropyprune import report as R
 

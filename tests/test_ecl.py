@@ -16,6 +16,7 @@ from PIL import Image
 
 from entropyprune import cli
 from entropyprune import ecl as E
+from entropyprune import ecl_tool as T
 from entropyprune.config import PruneConfig
 from entropyprune.score import matrix_entropy
 from llava.mm_utils import process_images, tokenizer_image_token
@@ -130,7 +131,7 @@ def _planted_states(num_layers, collapse, tokens=200, dim=64, seed=0):
 
 @pytest.mark.parametrize("collapse", [1, 2, 5])
 def test_planted_collapse_in_layer_states_is_found(collapse):
-    curve = E.entropy_profile(_planted_states(10, collapse, seed=collapse))
+    curve = T.entropy_profile(_planted_states(10, collapse, seed=collapse))
     res = E.detect_collapse(curve)
     assert res.layer == collapse, curve
     assert res.verdict == "clear"
@@ -139,12 +140,12 @@ def test_planted_collapse_in_layer_states_is_found(collapse):
 def test_layer_states_without_collapse_give_none():
     g = torch.Generator().manual_seed(1)
     flat = [torch.randn(200, 64, generator=g, dtype=torch.float64) for _ in range(10)]
-    assert E.find_collapse_layer(E.entropy_profile(flat)) is None
+    assert E.find_collapse_layer(T.entropy_profile(flat)) is None
     # The spectrum decays a little faster in every layer: entropy falls smoothly, no single drop.
     z = torch.randn(400, 64, generator=g, dtype=torch.float64)
     ranks = torch.arange(1, 65, dtype=torch.float64)
     smooth = [z * ranks.pow(-0.15 * i) for i in range(10)]
-    curve = E.entropy_profile(smooth)
+    curve = T.entropy_profile(smooth)
     assert all(a > b for a, b in zip(curve, curve[1:], strict=False))
     assert E.find_collapse_layer(curve) is None
 
@@ -170,7 +171,7 @@ def test_captured_states_equal_the_models_own_post_rope_states(loaded_tiny):
     tok, model, proc, _ = loaded_tiny
     ids = tokenizer_image_token(vicuna_prompt("What is it?"), tok, return_tensors="pt")[None]
     pixels = process_images([make_image(seed=3)], proc, model.config)
-    per_state, (start, length) = E.layer_states(model, ids, pixels, ("query", "key"))
+    per_state, (start, length) = T.layer_states(model, ids, pixels, ("query", "key"))
     lm = model.get_model()
     assert length == 576 and len(per_state["query"]) == len(lm.layers)
     splice = model.splice_multimodal(ids, pixels)
@@ -200,7 +201,7 @@ def _write_jsonl_dataset(root, n, seed, text="What is shown here?"):
 
 def test_question_file_formats(tmp_path):
     qfile, folder = _write_jsonl_dataset(tmp_path / "a", 3, seed=0)
-    samples = E.load_samples(qfile, folder)
+    samples = T.load_samples(qfile, folder)
     assert [s.question_id for s in samples] == ["q0", "q1", "q2"]  # the text-only item is skipped
     assert samples[1].load_image().size == (240, 160)
 
@@ -209,7 +210,7 @@ def test_question_file_formats(tmp_path):
         {"id": "8", "conversations": [{"from": "human", "value": "No image."}]},
     ]
     (tmp_path / "sqa.json").write_text(json.dumps(sqa))
-    (only,) = E.load_samples(str(tmp_path / "sqa.json"), folder)
+    (only,) = T.load_samples(str(tmp_path / "sqa.json"), folder)
     assert only.question_id == "7" and only.text == "Which one?\nA. x"
 
     buf = io.BytesIO()
@@ -218,23 +219,23 @@ def test_question_file_formats(tmp_path):
     header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "image"]
     row = ["12", "What color?", "nan", "red", "blue", "nan", "nan", "A", b64]
     (tmp_path / "mmb.tsv").write_text("\t".join(header) + "\n" + "\t".join(row) + "\n")
-    (mmb,) = E.load_samples(str(tmp_path / "mmb.tsv"), None)
+    (mmb,) = T.load_samples(str(tmp_path / "mmb.tsv"), None)
     assert mmb.text == "What color?\nA. red\nB. blue"
     assert mmb.load_image().size == (400, 300)
 
-    picked = E.choose_samples(list(range(100)), 10, seed=0)
-    assert picked == sorted(picked) and len(set(picked)) == 10 and picked == E.choose_samples(list(range(100)), 10, 0)
+    picked = T.choose_samples(list(range(100)), 10, seed=0)
+    assert picked == sorted(picked) and len(set(picked)) == 10 and picked == T.choose_samples(list(range(100)), 10, 0)
 
 
 def test_dataset_arguments(tmp_path):
-    ds = E.datasets_from_args(["x/MME/q.jsonl", "y/mmb.tsv", "z/MME/q2.jsonl"], ["imgs1", "imgs2"],
+    ds = T.datasets_from_args(["x/MME/q.jsonl", "y/mmb.tsv", "z/MME/q2.jsonl"], ["imgs1", "imgs2"],
                               ["tv=t/q.jsonl:t/images"])
     assert [(d.name, d.image_folder) for d in ds] == [
         ("tv", "t/images"), ("MME", "imgs1"), ("y", None), ("q2", "imgs2")]
     with pytest.raises(ValueError, match="one --image-folder per --question-file"):
-        E.datasets_from_args(["a/q.jsonl"], [], [])
+        T.datasets_from_args(["a/q.jsonl"], [], [])
     with pytest.raises(ValueError, match="at least one dataset"):
-        E.datasets_from_args([], [], [])
+        T.datasets_from_args([], [], [])
     with pytest.raises(SystemExit):
         cli.main(["ecl", "--model-path", "m", "--question-file", "q.jsonl", "--out", str(tmp_path)])
 
@@ -274,7 +275,7 @@ def test_ecl_tool_end_to_end(tiny_llava, tmp_path, registry, capsys):
         with Image.open(out / name) as img:
             img.verify()
         with Image.open(out / name) as img:
-            assert img.format == "PNG" and img.size == E.figure_size_px(2)
+            assert img.format == "PNG" and img.size == T.figure_size_px(2)
 
     if result["layer"] is None:  # the tiny curve happened to never decrease
         assert not registry.exists()
