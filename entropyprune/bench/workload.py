@@ -1,0 +1,185 @@
+"""The efficiency benchmark's workload: the model (a checkpoint or random weights of a named architecture)
+and the prompts (benchmark questions, or random text of the paper's length plus one image)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from entropyprune import flops as F
+
+ARCHS = ("llava-1.5-7b", "llava-1.5-7b-cpu", "tiny")
+DEFAULT_CPU_LAYERS = 6
+CLIP_L_336 = dict(
+    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
+    patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5, num_channels=3,
+)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def _arch_config(arch: str, layers: int | None, with_vision: bool):
+    from llava.model.language_model.configuration_llava import LlavaConfig
+
+    if arch == "tiny":
+        from llava.tools.make_tiny_checkpoint import TINY_VISION, tiny_text_config
+
+        text = tiny_text_config(640)
+        vision = dict(TINY_VISION)
+    else:
+        text = {}
+        vision = dict(CLIP_L_336)
+    if arch == "llava-1.5-7b-cpu":
+        text["num_hidden_layers"] = layers or DEFAULT_CPU_LAYERS
+    elif layers is not None:
+        text["num_hidden_layers"] = layers
+    extra: dict[str, Any] = {}
+    if with_vision:
+        extra = dict(mm_vision_tower=f"random-{arch}-tower", mm_hidden_size=vision["hidden_size"],
+                     mm_projector_type="mlp2x_gelu", vision_config=vision)
+    return LlavaConfig(**text, **extra)
+
+
+def random_model(arch: str, layers: int | None, with_vision: bool, device: torch.device, dtype: torch.dtype,
+                  seed: int):
+    """Random weights of a named architecture, built on the meta device and filled in place.
+
+    Building on meta and converting the dtype there means a 7B model never exists in float32 on the host.
+    Weights are N(0, 1/fan_in) so activations stay O(1) through the stack (the timings do not depend on
+    the values, but overflowing half-precision values would make the entropy scores meaningless).
+    """
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from llava.model.multimodal_encoder.builder import build_vision_tower
+
+    config = _arch_config(arch, layers, with_vision)
+    with torch.device("meta"):
+        model = LlavaLlamaForCausalLM(config)
+    model.to(dtype)
+    model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)  # RMSNorm / LayerNorm gains
+            elif name.endswith("embed_tokens.weight"):
+                p.normal_(0.0, 1.0, generator=gen)
+            else:
+                p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
+    model.model.rotary_emb.reset_parameters(device)
+    if with_vision:
+        # Built off the meta device (transformers' own init), so CLIP's non-persistent buffers are real.
+        torch.manual_seed(seed)
+        tower = build_vision_tower(config).to(device=device, dtype=dtype)
+        tower.is_loaded = True
+        model.model.vision_tower = tower
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def vision_shape(model) -> F.VisionShape | None:
+    tower = model.get_vision_tower()
+    if tower is None:
+        return None
+    c = tower.config
+    kind = model.config.mm_projector_type
+    m = re.match(r"^mlp(\d+)x_gelu$", kind)
+    depth = int(m.group(1)) if m else 1
+    return F.VisionShape(c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads,
+                         c.image_size, c.patch_size, getattr(c, "num_channels", 3), depth)
+
+
+def lm_shape(config) -> F.LMShape:
+    return F.LMShape(config.num_hidden_layers, config.hidden_size, config.intermediate_size,
+                     config.num_attention_heads, config.num_key_value_heads, config.head_dim, config.vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------- the prompts
+
+
+@dataclass
+class Prompt:
+    """One benchmark input: ids with one IMAGE_TOKEN_INDEX marker and either pixels or stand-in features."""
+
+    input_ids: torch.Tensor  # [1, T] on the host
+    images: torch.Tensor | None = None  # [1, 3, H, W] on the device, for a model with a vision tower
+    features: torch.Tensor | None = None  # [V, D] on the device: projected image features, without a tower
+    source: str = "random"
+
+
+def random_prompts(model, n_text: int, count: int, device, dtype, seed: int) -> list[Prompt]:
+    from llava.constants import IMAGE_TOKEN_INDEX
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    tower = model.get_vision_tower()
+    prompts = []
+    for _ in range(count):
+        ids = torch.randint(3, vocab, (n_text,), generator=g)
+        ids[0] = model.config.bos_token_id
+        cut = min(35, n_text)  # LLaVA-1.5's system prompt is 35 tokens long
+        ids = torch.cat([ids[:cut], torch.tensor([IMAGE_TOKEN_INDEX]), ids[cut:]])[None]
+        if tower is not None:
+            side = tower.config.image_size
+            pixels = torch.randn(1, 3, side, side, generator=g).to(device=device, dtype=dtype)
+            prompts.append(Prompt(ids, images=pixels))
+        else:
+            feats = torch.randn(576, model.config.hidden_size, generator=g).to(device=device, dtype=dtype)
+            prompts.append(Prompt(ids, features=feats))
+    return prompts
+
+
+def question_prompts(path: str, count: int, tokenizer, image_processor, model, image_folder: str | None,
+                      conv_mode: str, device, dtype, seed: int) -> list[Prompt]:
+    """The first ``count`` records of a LLaVA question file (``text`` and ``image`` keys, e.g. llava_mme.jsonl)."""
+    import numpy as np
+    from PIL import Image
+
+    from llava.conversation import conv_templates
+    from llava.mm_utils import process_images, tokenizer_image_token
+
+    if conv_mode not in conv_templates:
+        known = ", ".join(conv_templates)
+        raise SystemExit(f"--conv-mode {conv_mode!r} is not a known template; choose one of {known}")
+    records = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{lineno}: not a JSON line ({exc})") from exc
+            if "text" not in rec:
+                raise SystemExit(f"{path}:{lineno}: no 'text' field (expected LLaVA's question-file format)")
+            records.append(rec)
+            if len(records) == count:
+                break
+    if not records:
+        raise SystemExit(f"{path}: no questions")
+    rng = np.random.default_rng(seed)
+    prompts = []
+    for rec in records:
+        conv = conv_templates[conv_mode].copy()
+        conv.append_message(conv.roles[0], "<image>\n" + rec["text"])
+        conv.append_message(conv.roles[1], None)
+        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+        image_path = os.path.join(image_folder, rec["image"]) if image_folder and rec.get("image") else None
+        if image_path and os.path.isfile(image_path):
+            image, source = Image.open(image_path).convert("RGB"), image_path
+        else:
+            image = Image.fromarray(rng.integers(0, 256, size=(336, 336, 3), dtype=np.uint8))
+            source = f"{rec.get('question_id', '?')} (random image)"
+        pixels = process_images([image], image_processor, model.config).to(device=device, dtype=dtype)
+        prompts.append(Prompt(ids, images=pixels, source=source))
+    return prompts
+
+
