@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import re
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from typing import Any
 
 import torch
 
+from entropyprune.bench.timing import median_seconds, sync
 from entropyprune.bench.workload import Prompt
 from entropyprune.config import PruneConfig
 
@@ -105,11 +105,6 @@ class Memory:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _splice(model, prompt: Prompt):
     """The spliced prefill input, as ``generate`` builds it (left padding), with or without a vision tower."""
     from llava.constants import IMAGE_TOKEN_INDEX
@@ -136,7 +131,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     lm = model.get_model()
     model.set_prune(row.prune)
     base = memory.reset()
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     splice = _splice(model, prompt)
     # The model's own hook builder, the one generate() calls: same trace, same checks.
@@ -147,7 +142,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     mask = splice.attention_mask if splice.has_padding else None
     hidden, _ = lm(splice.inputs_embeds, splice.position_ids, mask, cache, hook)
     token = model.lm_head(hidden[:, -1]).float().argmax(-1)
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     # Python ints kept by the cache: reading them costs nothing and touches no device memory.
     lengths, kv = cache.layer_lengths(), cache.nbytes()
@@ -155,7 +150,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     for _ in range(new_tokens - 1):
         hidden, _ = lm(lm.embed_tokens(token[:, None]), cache.next_position[:, None], None, cache)
         token = model.lm_head(hidden[:, -1]).float().argmax(-1)
-    _sync(device)
+    sync(device)
     t2 = time.perf_counter()
     trace = lm.prune_trace
     spans = splice.image_spans[0]
@@ -192,18 +187,6 @@ def check_cache(res: dict[str, Any], config, layer: int | None, label: str) -> N
                              f" = {formula}")
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, device: torch.device) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def time_selection(row: Row, repeats: int, device: torch.device) -> tuple[float | None, float | None]:
     """The method call and the scorer alone, on the states captured inside the prefill."""
     if row.captured is None or row.prune is None:
@@ -214,11 +197,11 @@ def time_selection(row: Row, repeats: int, device: torch.device) -> tuple[float 
     inputs, n_keep = row.captured
     method = get_method(row.prune.method)
     with torch.inference_mode():
-        select = _median_time(lambda: method(inputs, n_keep), repeats, device)
+        select = median_seconds(lambda: method(inputs, n_keep), repeats, device)
         score = None
         if row.prune.method == "entropy":
             states = inputs.states
-            score = _median_time(
+            score = median_seconds(
                 lambda: token_entropy(states, inputs.num_heads, variant=row.prune.variant, head_dim=states.shape[-1]),
                 repeats, device)
     return select, score

@@ -15,10 +15,7 @@ import time
 
 import torch
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from entropyprune.bench.timing import sync
 
 
 def build_pair(layers: int, device, dtype, vocab: int = 32000):
@@ -65,10 +62,10 @@ def main(argv=None) -> None:
         err = ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
         for _ in range(args.repeats):
             for name, fn in (("ours", run_ours), ("transformers", run_ref)):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 fn()
-                _sync(device)
+                sync(device)
                 times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"device {device} dtype {str(dtype).replace('torch.', '')} layers {args.layers} tokens {args.tokens} "

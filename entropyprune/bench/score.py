@@ -15,30 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 from entropyprune import score
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn: Callable[[], torch.Tensor], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up: allocator, thread pool, kernels
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+from entropyprune.bench.timing import median_seconds
 
 
 def run(tokens: int, heads: int, head_dim: int, repeats: int, device: str) -> dict:
@@ -61,7 +43,7 @@ def run(tokens: int, heads: int, head_dim: int, repeats: int, device: str) -> di
     ]
     rows = []
     for name, fn, reps in cases:
-        rows.append({"name": name, "median_ms": _median_ms(fn, reps, dev), "repeats": reps})
+        rows.append({"name": name, "median_ms": median_seconds(fn, reps, dev) * 1e3, "repeats": reps})
     base = rows[0]["median_ms"]
     for row in rows:
         row["ratio_vs_dual"] = row["median_ms"] / base
