@@ -210,18 +210,16 @@ def load_samples(question_file: str, image_folder: str | None) -> list[Sample]:
 
 
 def _load_tsv(path: str) -> list[Sample]:
-    from llava.eval.eval_mmbench import is_missing, read_tsv, row_options
+    from llava.eval.eval_mmbench import is_missing, read_tsv
+    from llava.eval.model_vqa_mmbench import build_question, get_options
 
     _, rows = read_tsv(path)
     samples = []
     for row in rows:
         if is_missing(row.get("image")):
             continue
-        # The prompt as the MMBench driver builds it: [hint \n] question, then one line per option.
-        text = row.get("question", "")
-        if not is_missing(row.get("hint")):
-            text = row["hint"] + "\n" + text
-        text += "".join(f"\n{letter}. {option}" for letter, option in row_options(row).items())
+        # The prompt exactly as the MMBench driver builds it.
+        text = build_question({"question": "", **row}, get_options(row))
         samples.append(Sample(row["index"].strip(), text, image_b64=row["image"]))
     return samples
 

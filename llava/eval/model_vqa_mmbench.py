@@ -69,21 +69,25 @@ def _decode(b64: str, source: str):
         raise EvalInputError(f"{source}: the image column is not a base64 image ({err}).") from None
 
 
+def build_question(row: dict, options: list[str]) -> str:
+    """LLaVA's MMBench question: [hint + "\n"] + question, then "\nA. option" for each option in order."""
+    question = row["question"]
+    if not is_none(row.get("hint")):
+        question = row["hint"] + "\n" + question
+    letters = OPTION_LETTERS[:len(options)]
+    return question + "".join(f"\n{letter}. {option}" for letter, option in zip(letters, options, strict=True))
+
+
 def expand(row, args) -> list[Item]:
     row, source = row
     options = get_options(row)
     option_char = list(OPTION_LETTERS[:len(options)])
     rounds = len(options) if args.all_rounds else 1
-    hint = row.get("hint")
     suffix = "\n" + SINGLE_PRED_PROMPT[args.lang] if args.single_pred_prompt else ""
     b64 = row["image"]
     items = []
     for round_id in range(rounds):
-        question = row["question"]
-        if not is_none(hint):
-            question = hint + "\n" + question
-        for letter, option in zip(OPTION_LETTERS[:len(options)], options, strict=True):
-            question = question + "\n" + letter + ". " + option
+        question = build_question(row, options)
         items.append(Item(question_id=int(row["index"]), prompt=question, question=question + suffix,
                           load_image=lambda: _decode(b64, source), source=source,
                           extra={"round_id": round_id, "options": list(options), "option_char": list(option_char)}))
