@@ -58,8 +58,8 @@ class PruneHook:
 
         t = splice.inputs_embeds.shape[1]
         left = splice.padding_side == "left"
-        rows_src, rows_slots = [], []  # per row: source position per new slot; per image the slots it fills
-        images = []  # (row, start, V, N, first slot in the new row)
+        rows_src = []  # per row: the source position of each slot of the new (pruned) row
+        images = []  # (row, start, V, N, first slot in the unpadded new row)
         for b, (spans, n_real) in enumerate(zip(splice.image_spans, splice.lengths, strict=True)):
             off = t - n_real if left else 0
             src, cursor = [], off
@@ -71,35 +71,34 @@ class PruneHook:
                 cursor = start + v
             src.extend(range(cursor, off + n_real))
             rows_src.append(src)
-            rows_slots.append(len(src))
-        new_t = max(rows_slots)
+        new_t = max(len(src) for src in rows_src)
+        # Rows keep the splice's padding side: left padding shifts a row's slots by its padding.
+        shift = [new_t - len(src) if left else 0 for src in rows_src]
         index = torch.zeros(len(rows_src), new_t, dtype=torch.long)
         valid = torch.zeros(len(rows_src), new_t, dtype=torch.bool)
         for b, src in enumerate(rows_src):
-            pad = new_t - len(src)
-            lo = pad if left else 0
-            index[b, lo:lo + len(src)] = torch.tensor(src, dtype=torch.long)
-            valid[b, lo:lo + len(src)] = True
-            images = [(r, s, v, n, slot + (lo if r == b else 0)) for r, s, v, n, slot in images]
+            index[b, shift[b]:shift[b] + len(src)] = torch.tensor(src, dtype=torch.long)
+            valid[b, shift[b]:shift[b] + len(src)] = True
+        self.padded = any(len(src) < new_t for src in rows_src)
         if torch.cuda.is_available():
             # Pinned host memory makes the copies at layer K asynchronous: no wait inside the layer loop.
             index, valid = index.pin_memory(), valid.pin_memory()
         self.index, self.valid = index, valid
-        self.padded = bool((~valid).any())
         # Images sharing (V, N) are scored in one batched call. Their index tensors are built here, on the
         # host, so that layer K only issues non-blocking copies.
         self.groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
         for b, start, v, n, slot in images:
-            self.groups.setdefault((v, n), []).append((b, start, slot))
+            self.groups.setdefault((v, n), []).append((b, start, slot + shift[b]))
         self.group_index = {
             key: tuple(_host_tensor([m[j] for m in members]) for j in range(3)) for key, members in self.groups.items()
         }
-        self.records_layout = [[(start, v) for start, v in spans] for spans in splice.image_spans]
+        self.image_spans = splice.image_spans
 
     def __call__(self, hidden, position_ids, valid, capture: dict):
         device = hidden.device
         states_all = capture[self.cfg.states]  # [B, h, T, d_h], post-RoPE, from layer K-1
-        index = self.index.to(device, non_blocking=True)
+        # A copy: the kept positions are written into it, and the plan itself stays as built.
+        index = self.index.to(device, non_blocking=True, copy=True)
         records = {}
         for (v, n), members in self.groups.items():
             rows, starts, slots = (x.to(device, non_blocking=True) for x in self.group_index[(v, n)])
@@ -111,7 +110,7 @@ class PruneHook:
             index[rows[:, None], slots[:, None] + torch.arange(n, device=device)[None]] = starts[:, None] + kept
             for i, (b, start, _slot) in enumerate(members):
                 records[(b, start)] = PruneRecord(self.layer, start, v, kept[i], scores[i])
-        self.trace[:] = [[records[(b, s)] for s, _v in spans] for b, spans in enumerate(self.records_layout)]
+        self.trace[:] = [[records[(b, s)] for s, _v in spans] for b, spans in enumerate(self.image_spans)]
         new_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         new_pos = position_ids.gather(1, index)
         return new_hidden, new_pos, self.valid.to(device, non_blocking=True)
