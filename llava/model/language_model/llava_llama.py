@@ -109,7 +109,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         """
         if past_key_values is not None and not past_key_values.empty:
             x = self.model.embed_tokens(input_ids)
-            b, t = input_ids.shape
+            t = input_ids.shape[1]
             pos = position_ids
             if pos is None:
                 pos = past_key_values.next_position[:, None] + torch.arange(t, device=x.device)[None]

@@ -306,22 +306,18 @@ class LlamaModel(nn.Module):
         seg = cache.segments[seg_idx]
         t = new_valid.shape[1]
         cos, sin = self.rotary_emb(position_ids, dtype)
-        mask, causal = None, False
-        if seg.has_padding:
-            s = start + t
-            slots = torch.arange(s, device=new_valid.device)
+        causal = not seg.has_padding and t > 1 and start == 0  # plain causal prefill: no mask tensor needed
+        mask = None
+        if seg.has_padding or (t > 1 and start > 0):
+            slots = torch.arange(start + t, device=new_valid.device)
             query_slots = start + torch.arange(t, device=new_valid.device)
-            allowed = seg.valid[:, None, :s] & (slots[None, None, :] <= query_slots[None, :, None])
-            # A padding query sees no valid key; let it see itself so its (unused) output stays finite.
-            allowed = allowed | (slots[None, None, :] == query_slots[None, :, None])
-            mask = allowed[:, None]
-        elif t > 1:
-            if start == 0:
-                causal = True
+            allowed = slots[None, :] <= query_slots[:, None]  # [T, S]: slot order is causal order
+            if seg.has_padding:
+                # A padding query sees no valid key; let it see itself so its (unused) output stays finite.
+                allowed = (seg.valid[:, None, : start + t] & allowed) | (slots[None, :] == query_slots[:, None])
+                mask = allowed[:, None]  # [B, 1, T, S]
             else:
-                slots = torch.arange(start + t, device=new_valid.device)
-                query_slots = start + torch.arange(t, device=new_valid.device)
-                mask = (slots[None, :] <= query_slots[:, None])[None, None]
+                mask = allowed[None, None]  # [1, 1, T, S]
         return AttendContext(seg_idx, start, cos, sin, mask, causal, seg.has_padding)
 
     def forward(
