@@ -15,7 +15,7 @@ released scripts prune at. The detection rule is in :func:`detect_collapse`.
 
 Also here: the registry of measured collapse layers that ``--prune-layer auto`` reads
 (:func:`resolve_auto_layer`). The ``entropyprune ecl`` tool that measures a model's profile and writes
-the registry entry is :mod:`entropyprune.ecl_tool`.
+the registry entry is :mod:`llava.tools.ecl`.
 """
 
 from __future__ import annotations

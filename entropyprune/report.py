@@ -28,6 +28,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from entropyprune.figures import panels_figure, save
+
 __all__ = ["Metric", "Record", "build_report", "headline_metrics", "load_records", "main_report"]
 
 
@@ -289,21 +291,12 @@ def render_markdown(tables: list[Table]) -> str:
     return "\n".join(out)
 
 
-PANEL_SIZE = (5.0, 3.6)
-DPI = 100
-
-
 def plot_tables(tables: list[Table], path: str) -> bool:
     """Figure 5: score against layer, one line per method row, one panel per table; False if empty."""
     tables = [t for t in tables if t.rows]
     if not tables:
         return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(PANEL_SIZE[0] * len(tables), PANEL_SIZE[1]), dpi=DPI)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(tables), squeeze=False)[0]
+    fig, axes = panels_figure(len(tables))
     for ax, t in zip(axes, tables, strict=True):
         for label, cells in t.rows.items():
             ks = sorted(cells)
@@ -316,8 +309,7 @@ def plot_tables(tables: list[Table], path: str) -> bool:
         ax.set_ylabel(t.metric.label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save(fig, path)
     return True
 
 
@@ -339,7 +331,7 @@ def build_report(results_dir: str, out_dir: str | None = None, match: str | None
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line (registered in entropyprune.cli)
+# Command line (registered in llava.cli)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -14,12 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from entropyprune import cli
 from entropyprune import ecl as E
-from entropyprune import ecl_tool as T
 from entropyprune.config import PruneConfig
+from entropyprune.figures import figure_size_px
 from entropyprune.score import matrix_entropy
+from llava import cli
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.tools import ecl as T
 from tests.conftest import make_image, vicuna_prompt
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -275,7 +276,7 @@ def test_ecl_tool_end_to_end(tiny_llava, tmp_path, registry, capsys):
         with Image.open(out / name) as img:
             img.verify()
         with Image.open(out / name) as img:
-            assert img.format == "PNG" and img.size == T.figure_size_px(2)
+            assert img.format == "PNG" and img.size == figure_size_px(2)
 
     if result["layer"] is None:  # the tiny curve happened to never decrease
         assert not registry.exists()

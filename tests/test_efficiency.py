@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from entropyprune import flops as F
-from entropyprune import flops_measured as M
 from entropyprune.config import PruneConfig
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.tools import flops_measured as M
 from tests.conftest import make_image, vicuna_prompt
 
 SEVEN_B = F.PRESETS["llava-1.5-7b"]
@@ -46,7 +46,7 @@ def test_measured_covers_decode_lm_head_vision_and_gqa():
 
 
 def test_cli_flops_measured(capsys):
-    from entropyprune.cli import main
+    from llava.cli import main
 
     assert main(["flops", "--avg-tokens", "128", "--text-tokens", "62", "--measured", "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
@@ -91,7 +91,7 @@ def test_kv_cache_bytes_follow_kept_tokens(loaded_tiny, avg):
 
 
 def test_efficiency_bench_tiny_writes_json(tmp_path, capsys):
-    from entropyprune.bench import efficiency
+    from llava.bench import efficiency
 
     out = tmp_path / "rows.json"
     efficiency.main(["--arch", "tiny", "--repeats", "1", "--warmup", "0", "--new-tokens", "2",
@@ -119,7 +119,7 @@ def test_efficiency_bench_tiny_writes_json(tmp_path, capsys):
 
 
 def test_efficiency_bench_with_vision_tower(tmp_path):
-    from entropyprune.bench import efficiency
+    from llava.bench import efficiency
 
     rows = efficiency.main(["--arch", "tiny", "--with-vision", "--repeats", "1", "--warmup", "0",
                             "--new-tokens", "1", "--budgets", "128"])
@@ -131,7 +131,7 @@ def test_efficiency_bench_with_vision_tower(tmp_path):
 
 
 def test_efficiency_bench_rejects_bad_input():
-    from entropyprune.bench import efficiency
+    from llava.bench import efficiency
 
     with pytest.raises(SystemExit, match="--methods"):
         efficiency.main(["--arch", "tiny", "--methods", "nope"])

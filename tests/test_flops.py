@@ -8,7 +8,7 @@ import re
 import pytest
 
 from entropyprune import flops as F
-from entropyprune.cli import main
+from llava.cli import main
 
 # A shape small enough to count by hand: d=8, m=12, 2 heads of 4, vocab 10, 4 layers.
 TINY = F.LMShape(

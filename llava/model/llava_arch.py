@@ -69,8 +69,12 @@ class LlavaMetaForCausalLM:
         return list(self.encode_images(images))
 
     def splice_multimodal(self, input_ids, images=None, attention_mask=None, labels=None,
-                          padding_side: str | None = None) -> Splice:
-        """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected features and re-pad."""
+                          padding_side: str | None = None, image_features: list | None = None) -> Splice:
+        """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected features and re-pad.
+
+        `image_features` ([V, D] per image, already projected) replaces `images` and the vision tower; the
+        efficiency benchmark uses it to time the language model on stand-in features.
+        """
         model = self.get_model()
         embed = model.embed_tokens
         device = embed.weight.device
@@ -79,7 +83,12 @@ class LlavaMetaForCausalLM:
         mask = attention_mask.to("cpu").bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
         n_markers = int((ids[mask] == IMAGE_TOKEN_INDEX).sum())
         feats: list[torch.Tensor] = []
-        if n_markers:
+        if n_markers and image_features is not None:
+            feats = list(image_features)
+            if len(feats) != n_markers:
+                raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {len(feats)} feature set(s) "
+                                 "were given")
+        elif n_markers:
             if images is None:
                 raise ValueError(f"the prompt has {n_markers} <image> marker(s) but no images were given")
             if model.get_vision_tower() is None:

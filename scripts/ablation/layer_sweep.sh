@@ -79,7 +79,7 @@ done
 
 REPORT_DIR=${REPORT_DIR:-$RESULTS_DIR/ablation/$CKPT-$SWEEP-$BENCH}
 echo "==== report: $REPORT_DIR ===="
-"$PYTHON" -m entropyprune.cli report "$RESULTS_DIR" --match "$CKPT-$SWEEP-*" --benchmark "$BENCH" --out "$REPORT_DIR"
+"$PYTHON" -m llava.cli report "$RESULTS_DIR" --match "$CKPT-$SWEEP-*" --benchmark "$BENCH" --out "$REPORT_DIR"
 if (( ${#failed[@]} > 0 )); then
     echo "failed runs (${#failed[@]} of $(( ${#runs[@]} + ${#failed[@]} ))): ${failed[*]}; see the errors above (rerunning the sweep redoes only what is missing)" >&2
     exit 1

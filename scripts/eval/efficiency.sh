@@ -45,4 +45,4 @@ else
     args+=(--text-tokens "${TEXT_TOKENS:-62}")
 fi
 
-"$PYTHON" -m entropyprune.bench.efficiency "${args[@]}" "$@"
+"$PYTHON" -m llava.bench.efficiency "${args[@]}" "$@"

@@ -17,13 +17,13 @@ print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee "$OUT/de
 "$PYTHON" -m pytest -q tests/test_llama_reference.py tests/test_prune_hook.py 2>&1 | tail -n 3 | tee "$OUT/tests.txt"
 
 # 2. Our LlamaModel vs transformers' LlamaForCausalLM, full 32-layer 7B shapes, float16.
-"$PYTHON" -m entropyprune.bench.prefill_vs_hf --layers 32 --repeats 20 --device cuda | tee "$OUT/prefill_vs_hf.txt"
+"$PYTHON" -m llava.bench.prefill_vs_hf --layers 32 --repeats 20 --device cuda | tee "$OUT/prefill_vs_hf.txt"
 
 # 3. Token-entropy scoring: dual vs primal vs official on the GPU.
-"$PYTHON" -m entropyprune.bench.score --device cuda --json "$OUT/score.json" | tee "$OUT/score.txt"
+"$PYTHON" -m llava.bench.score --device cuda --json "$OUT/score.json" | tee "$OUT/score.txt"
 
 # 4. Table 5 at full size: vanilla vs EntropyPrune at average 192 / 128 / 64, SDPA (and flash-attn if installed).
-"$PYTHON" -m entropyprune.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
+"$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
     --new-tokens 32 --methods entropy,random --json "$OUT/efficiency.json" | tee "$OUT/efficiency.txt"
 
 echo

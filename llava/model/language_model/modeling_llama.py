@@ -327,11 +327,14 @@ class LlamaModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         prune_hook=None,
+        observe_states=None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder on new tokens.
 
         inputs_embeds [B, T, D]; position_ids [B, T]; attention_mask [B, T] (1 = real token) or None;
-        cache: appended to (a fresh one is made when None); prune_hook: applied at its layer during prefill.
+        cache: appended to (a fresh one is made when None); prune_hook: applied at its layer during prefill;
+        observe_states: called as ``observe_states(layer, query, key)`` with every layer's post-RoPE states
+        ``[B, h, T, d_h]``, exactly those attention used (the ECL tool reads them; nothing else changes).
         Returns (hidden states after the final norm, position ids of the returned tokens): after pruning both
         cover only the kept tokens.
         """
@@ -357,7 +360,9 @@ class LlamaModel(nn.Module):
                 ctx = self._context(cache, seg, new_valid, position_ids, x.dtype)
             elif ctx is None or cache.segment_of_layer[i] != ctx.segment:
                 ctx = self._context(cache, cache.segment_of_layer[i], new_valid, position_ids, x.dtype)
-            wants_states = prune_hook is not None and i == prune_hook.layer - 1
+            wants_states = observe_states is not None or (prune_hook is not None and i == prune_hook.layer - 1)
             x = layer(x, ctx, cache, capture if wants_states else None)
+            if observe_states is not None:
+                observe_states(i, capture["query"], capture["key"])
         cache.next_position = position_ids[:, -1] + 1
         return self.norm(x), position_ids

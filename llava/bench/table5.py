@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from entropyprune import flops as F
-from entropyprune.bench.measure import Row, time_selection
-from entropyprune.bench.workload import lm_shape
 from entropyprune.config import PruneConfig
+from llava.bench.measure import Row, time_selection
+from llava.bench.workload import lm_shape
 
 GIB, MIB = 2**30, 2**20
 

@@ -1,8 +1,8 @@
 """Measured efficiency of pruning, shaped like the paper's Table 5: vanilla LLaVA against each method.
 
-    python -m entropyprune.bench.efficiency --arch llava-1.5-7b-cpu [--layers 6] [--budgets 192,128,64]
+    python -m llava.bench.efficiency --arch llava-1.5-7b-cpu [--layers 6] [--budgets 192,128,64]
         [--methods entropy,random] [--repeats 5] [--new-tokens 4] [--json FILE]
-    python -m entropyprune.bench.efficiency --model-path liuhaotian/llava-v1.5-7b \\
+    python -m llava.bench.efficiency --model-path liuhaotian/llava-v1.5-7b \\
         [--questions playground/data/eval/MME/llava_mme.jsonl --num-questions 20 --image-folder DIR]
 
 Per row (vanilla, then each method at each average budget):
@@ -69,9 +69,10 @@ from typing import Any
 
 import torch
 
-from entropyprune.bench.measure import Memory, check_cache, profile_breakdown, run_once
-from entropyprune.bench.table5 import build_rows, format_table, summarise
-from entropyprune.bench.workload import (
+from entropyprune.methods import available_methods, method_stage
+from llava.bench.measure import Memory, check_cache, profile_breakdown, run_once
+from llava.bench.table5 import build_rows, format_table, summarise
+from llava.bench.workload import (
     ARCHS,
     DEFAULT_CPU_LAYERS,
     question_prompts,
@@ -79,7 +80,6 @@ from entropyprune.bench.workload import (
     random_prompts,
     vision_shape,
 )
-from entropyprune.methods import available_methods, method_stage
 
 REQUIRED_KEYS = (
     "method", "avg_tokens", "keep", "flops_fraction", "prefill_s", "latency_s", "kv_bytes", "peak_mem_bytes",
@@ -112,7 +112,7 @@ def _parse_scores(items: list[str]) -> dict[str, float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m entropyprune.bench.efficiency",
+    p = argparse.ArgumentParser(prog="python -m llava.bench.efficiency",
                                 description="Measured prefill, latency, KV cache, memory and FLOPs of pruning "
                                             "(paper Table 5)")
     src = p.add_mutually_exclusive_group()

@@ -1,7 +1,7 @@
 """The ``entropyprune`` command line.
 
 Each subcommand is two functions, one that adds its arguments to its sub-parser and one that runs it,
-registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their code (entropyprune.ecl_tool,
+registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their code (llava.tools.ecl,
 entropyprune.report).
 
     entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
@@ -17,9 +17,9 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from entropyprune import ecl_tool as E
 from entropyprune import flops as F
 from entropyprune import report as R
+from llava.tools import ecl as E
 
 MIB = 2**20
 
@@ -249,7 +249,7 @@ def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     rep = _flops_report(args, shape, keep)
     cmp = None
     if args.measured:
-        from entropyprune import flops_measured as M
+        from llava.tools import flops_measured as M
 
         cmp = M.compare(
             shape,

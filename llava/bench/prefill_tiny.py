@@ -1,6 +1,6 @@
 """CPU time of one prefill (vision tower + language model to the first token) of the tiny checkpoint.
 
-    python -m entropyprune.bench.prefill_tiny [--repeats 20]
+    python -m llava.bench.prefill_tiny [--repeats 20]
 
 Builds the tiny checkpoint in a temporary folder when `--model-path` is not given. Medians after warm-up,
 vanilla and EntropyPrune (keep 166 after layer 2) interleaved.

@@ -1,6 +1,6 @@
 """Time the token-entropy scorers side by side on one random input.
 
-    python -m entropyprune.bench.score [--tokens 576 --heads 32 --head-dim 128 --repeats 20
+    python -m llava.bench.score [--tokens 576 --heads 32 --head-dim 128 --repeats 20
                                         --device cpu --json FILE]
 
 Rows: the dual h x h form (paper variant, float32; the production path), the dual in float64, the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from entropyprune import score
-from entropyprune.bench.timing import median_seconds
+from llava.bench.timing import median_seconds
 
 
 def run(tokens: int, heads: int, head_dim: int, repeats: int, device: str) -> dict:
@@ -83,7 +83,7 @@ def _table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m entropyprune.bench.score", description=__doc__.split("\n")[0]
+        prog="python -m llava.bench.score", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--tokens", type=int, default=576)
     parser.add_argument("--heads", type=int, default=32)

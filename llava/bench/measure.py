@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from entropyprune.bench.timing import median_seconds, sync
-from entropyprune.bench.workload import Prompt
 from entropyprune.config import PruneConfig
+from llava.bench.timing import median_seconds, sync
+from llava.bench.workload import Prompt
 
 # -------------------------------------------------------------------------------------------------- one run
 
@@ -107,20 +107,9 @@ class Memory:
 
 def _splice(model, prompt: Prompt):
     """The spliced prefill input, as ``generate`` builds it (left padding), with or without a vision tower."""
-    from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.model.llava_arch import Splice
-
-    if prompt.features is None:
-        return model.splice_multimodal(prompt.input_ids, prompt.images, None, None, padding_side="left")
-    ids = prompt.input_ids[0]
-    at = int((ids == IMAGE_TOKEN_INDEX).nonzero()[0, 0])
-    embed = model.get_model().embed_tokens
-    text = embed(torch.cat([ids[:at], ids[at + 1:]]).to(embed.weight.device))
-    x = torch.cat([text[:at], prompt.features, text[at:]])[None]
-    t = x.shape[1]
-    pos = torch.arange(t, device=x.device)[None]
-    mask = torch.ones(1, t, dtype=torch.bool, device=x.device)
-    return Splice(x, mask, pos, None, [[(at, prompt.features.shape[0])]], [t], "left")
+    features = None if prompt.features is None else [prompt.features]
+    return model.splice_multimodal(prompt.input_ids, prompt.images, None, None, padding_side="left",
+                                   image_features=features)
 
 
 def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -> dict[str, Any]:

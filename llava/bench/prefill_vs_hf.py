@@ -1,6 +1,6 @@
 """Prefill time of our LlamaModel against transformers' LlamaForCausalLM on the same random weights.
 
-    python -m entropyprune.bench.prefill_vs_hf [--layers 2] [--tokens 620] [--repeats 7] [--device cpu]
+    python -m llava.bench.prefill_vs_hf [--layers 2] [--tokens 620] [--repeats 7] [--device cpu]
 
 LLaVA-1.5-7B's widths (hidden 4096, FFN 11008, 32 heads); `--layers 32` on a GPU is the full model. Both
 models run the same input (620 tokens: a LLaVA-1.5 prompt with one image), interleaved, after a warm-up;
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from entropyprune.bench.timing import sync
+from llava.bench.timing import sync
 
 
 def build_pair(layers: int, device, dtype, vocab: int = 32000):

@@ -1,1 +1,0 @@
-"""Micro-benchmarks (``python -m entropyprune.bench.<name>``); each writes a table and optional JSON."""
