@@ -26,12 +26,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from entropyprune.config import AUTO_LAYER, PruneConfig
+from entropyprune.files import write_json_atomic
 
 __all__ = [
     "BUILTIN_LAYERS",
@@ -242,26 +242,6 @@ def load_registry(path: str | None = None) -> dict[str, Any]:
             f"delete it and re-run `entropyprune ecl`"
         )
     return data
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    # A reader (another run resolving --prune-layer auto) must never see a half-written file.
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-        # mkstemp creates the file 0600; give it the permissions a plain open() would (0666 - umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def register_collapse_layer(model_path: str, layer: int, path: str | None = None, **info: Any) -> str:

@@ -29,9 +29,6 @@ class PruneRecord:
     kept: torch.Tensor  # ascending LongTensor, relative to the span
     scores: torch.Tensor  # one float per visual token
 
-    def __getitem__(self, key):
-        return getattr(self, key)
-
 
 def _host_tensor(values: list[int]) -> torch.Tensor:
     t = torch.tensor(values, dtype=torch.long)

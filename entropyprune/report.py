@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from entropyprune.figures import panels_figure, save
+from entropyprune.files import warn
 
 __all__ = ["Metric", "Record", "build_report", "headline_metrics", "load_records", "main_report"]
 
@@ -69,10 +70,6 @@ def benchmark_key(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 @dataclass
 class Record:
     path: str
@@ -96,15 +93,15 @@ def _number(value: Any) -> float | None:
 def _parse_record(path: str, data: Any, folder_benchmark: str | None) -> Record | None:
     where = os.path.relpath(path)
     if not isinstance(data, dict):
-        _warn(f"{where}: not a JSON object; skipped")
+        warn(f"{where}: not a JSON object; skipped")
         return None
     bench = data.get("benchmark") or folder_benchmark
     if not bench:
-        _warn(f"{where}: no 'benchmark' field; skipped")
+        warn(f"{where}: no 'benchmark' field; skipped")
         return None
     scores_raw = data.get("scores")
     if not isinstance(scores_raw, dict):
-        _warn(f"{where}: no 'scores' object; skipped")
+        warn(f"{where}: no 'scores' object; skipped")
         return None
     scores = {_norm(k): v for k, v in scores_raw.items() if _number(v) is not None}
     method = data.get("method")
@@ -115,7 +112,7 @@ def _parse_record(path: str, data: Any, folder_benchmark: str | None) -> Record 
             layer = int(layer)
         if isinstance(layer, bool) or not isinstance(layer, int):
             why = "'auto' was not resolved to a number" if layer == "auto" else f"is {layer!r}"
-            _warn(f"{where}: method {method!r} but its layer {why}; skipped")
+            warn(f"{where}: method {method!r} but its layer {why}; skipped")
             return None
     fields = {f: data.get(f) for f in _ROW_FIELDS}
     fields["budget"] = _budget_label(data)
@@ -161,7 +158,7 @@ def load_records(results_dir: str, match: str | None = None, benchmarks: list[st
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as err:
-            _warn(f"{os.path.relpath(path)}: unreadable ({err}); skipped")
+            warn(f"{os.path.relpath(path)}: unreadable ({err}); skipped")
             continue
         rec = _parse_record(path, data, folder)
         if rec is not None and (wanted is None or rec.benchmark in wanted):
@@ -233,7 +230,7 @@ def build_tables(records: list[Record]) -> list[Table]:
         metrics = headline_metrics(bench, recs)
         display = _BENCHMARKS.get(bench, (bench, None))[0]
         if not metrics:
-            _warn(f"{display}: no record has a headline score ({', '.join(sorted({k for r in recs for k in r.scores}))}"
+            warn(f"{display}: no record has a headline score ({', '.join(sorted({k for r in recs for k in r.scores}))}"
                   " found); skipped")
             continue
         pruned = [r for r in recs if r.method is not None]
@@ -244,7 +241,7 @@ def build_tables(records: list[Record]) -> list[Table]:
             for r in sorted(recs, key=lambda r: r.mtime):
                 value = _value(r, metric)
                 if value is None:
-                    _warn(f"{os.path.relpath(r.path)}: no {display} {metric.label} score; skipped in that table")
+                    warn(f"{os.path.relpath(r.path)}: no {display} {metric.label} score; skipped in that table")
                     continue
                 if r.method is None:
                     unpruned.append((value, r))
@@ -252,7 +249,7 @@ def build_tables(records: list[Record]) -> list[Table]:
                 cells = rows.setdefault(_row_label(r, varying), {})
                 if r.layer in cells:
                     old = cells[r.layer][1]
-                    _warn(f"{display} {metric.label}: {os.path.relpath(old.path)} and {os.path.relpath(r.path)} are "
+                    warn(f"{display} {metric.label}: {os.path.relpath(old.path)} and {os.path.relpath(r.path)} are "
                           f"the same run (layer {r.layer}); using the newer, {os.path.relpath(r.path)}")
                 cells[r.layer] = (value, r)
             if not rows and not unpruned:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from entropyprune import flops as F
 from entropyprune import report as R
 from llava.tools import ecl as E
+from llava.utils import call_cli
 
 MIB = 2**20
 
@@ -305,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args._run(args, args._parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``entropyprune`` console script: bad input is one ``error:`` line and exit status 2."""
+    return call_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from enum import Enum, auto
 
+from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+
 
 class SeparatorStyle(Enum):
     SINGLE = auto()
@@ -199,3 +201,29 @@ def get_conv_template(mode: str) -> Conversation:
         known = ", ".join(sorted(conv_templates))
         raise ValueError(f"unknown --conv-mode {mode!r}; known modes: {known}")
     return conv_templates[mode].copy()
+
+
+def image_marker(mm_use_im_start_end: bool = False) -> str:
+    """The text that stands for one image: ``<image>``, wrapped in ``<im_start>``/``<im_end>`` when the
+    checkpoint was trained so (``mm_use_im_start_end`` in its config)."""
+    if mm_use_im_start_end:
+        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN
+    return DEFAULT_IMAGE_TOKEN
+
+
+def build_prompt(question: str, conv_mode: str, n_images: int = 1, mm_use_im_start_end: bool = False) -> str:
+    """LLaVA's prompt for one question: the image markers, then the conversation template.
+
+    As LLaVA's ``run_llava``: an ``<image-placeholder>`` in the question marks where the images go;
+    otherwise the markers come first, one line per image (LLaVA's layout for one image). Every tool that
+    prompts the model (``run_llava``, the eval drivers, the ECL tool, the benchmarks) builds its prompt here.
+    """
+    marker = image_marker(mm_use_im_start_end)
+    if IMAGE_PLACEHOLDER in question:
+        question = question.replace(IMAGE_PLACEHOLDER, marker)
+    elif n_images:
+        question = (marker + "\n") * n_images + question
+    conv = get_conv_template(conv_mode)
+    conv.append_message(conv.roles[0], question)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()

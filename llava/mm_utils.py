@@ -9,6 +9,7 @@ from io import BytesIO
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from entropyprune.ecl import model_name_from_path as get_model_name_from_path  # noqa: F401  (LLaVA's name)
 from llava.constants import IMAGE_TOKEN_INDEX
 
 
@@ -87,13 +88,6 @@ def tokenizer_image_token(prompt: str, tokenizer, image_token_index=IMAGE_TOKEN_
     if return_tensors == "pt":
         return torch.tensor(input_ids, dtype=torch.long)
     raise ValueError(f"unsupported return_tensors {return_tensors!r}; use 'pt' or None")
-
-
-def get_model_name_from_path(model_path: str) -> str:
-    parts = model_path.strip("/").split("/")
-    if parts[-1].startswith("checkpoint-") and len(parts) > 1:
-        return parts[-2] + "_" + parts[-1]
-    return parts[-1]
 
 
 class KeywordsStoppingCriteria:

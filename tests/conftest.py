@@ -31,6 +31,26 @@ def loaded_tiny(tiny_llava):
     return load_pretrained_model(tiny_llava, device="cpu")
 
 
+@pytest.fixture(autouse=True)
+def _restore_loaded_tiny(request):
+    """Tests share one loaded model; each gets it vanilla and leaves it as it found it.
+
+    Whatever a test sets (pruning, attention implementation, train mode) is undone after it, so the suite
+    passes in any order and any subset.
+    """
+    if "loaded_tiny" not in request.fixturenames:
+        yield
+        return
+    model = request.getfixturevalue("loaded_tiny")[1]
+    lm = model.get_model()
+    saved = (lm.prune, lm.config.attn_implementation, model.training)
+    yield
+    prune, impl, training = saved
+    model.set_prune(prune)
+    lm.set_attn_implementation(impl)
+    model.train(training)
+
+
 def make_image(w=400, h=300, seed=0):
     import numpy as np
     from PIL import Image

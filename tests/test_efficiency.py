@@ -133,7 +133,7 @@ def test_efficiency_bench_with_vision_tower(tmp_path):
 def test_efficiency_bench_rejects_bad_input():
     from llava.bench import efficiency
 
-    with pytest.raises(SystemExit, match="--methods"):
+    with pytest.raises(ValueError, match="--methods"):
         efficiency.main(["--arch", "tiny", "--methods", "nope"])
-    with pytest.raises(SystemExit, match="--questions needs --model-path"):
+    with pytest.raises(ValueError, match="--questions needs --model-path"):
         efficiency.main(["--arch", "tiny", "--questions", "x.jsonl"])

@@ -69,6 +69,7 @@ from typing import Any
 
 import torch
 
+from entropyprune.config import STATES, VARIANTS
 from entropyprune.methods import available_methods, method_stage
 from llava.bench.measure import Memory, check_cache, profile_breakdown, run_once
 from llava.bench.table5 import build_rows, format_table, summarise
@@ -80,12 +81,14 @@ from llava.bench.workload import (
     random_prompts,
     vision_shape,
 )
+from llava.model.builder import load_pretrained_model, parse_dtype
+from llava.model.language_model.modeling_llama import ATTN_IMPLEMENTATIONS
 
 REQUIRED_KEYS = (
     "method", "avg_tokens", "keep", "flops_fraction", "prefill_s", "latency_s", "kv_bytes", "peak_mem_bytes",
     "device", "dtype", "arch",
 )
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 # -------------------------------------------------------------------------------------------------- driver
@@ -95,7 +98,7 @@ def _parse_list(text: str, kind: Callable[[str], Any], flag: str) -> list:
     try:
         return [kind(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SystemExit(f"{flag} {text!r}: expected a comma-separated list") from None
+        raise ValueError(f"{flag} {text!r}: expected a comma-separated list") from None
 
 
 def _parse_scores(items: list[str]) -> dict[str, float]:
@@ -107,7 +110,7 @@ def _parse_scores(items: list[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep:
-            raise SystemExit(f"--score {item!r}: expected LABEL=VALUE, e.g. vanilla=1862 or entropy@128=1780")
+            raise ValueError(f"--score {item!r}: expected LABEL=VALUE, e.g. vanilla=1862 or entropy@128=1780")
     return scores
 
 
@@ -126,8 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=2, help="pruning layer K (default: 2)")
     p.add_argument("--budget-layers", type=int,
                    help="L in the average-budget rule (default: 32 for --arch, the model's depth for a checkpoint)")
-    p.add_argument("--entropy-variant", default="official", choices=("official", "paper"))
-    p.add_argument("--prune-states", default="query", choices=("query", "key"))
+    p.add_argument("--entropy-variant", default="official", choices=VARIANTS)
+    p.add_argument("--prune-states", default="query", choices=STATES)
+    p.add_argument("--attn-implementation", default="sdpa", choices=ATTN_IMPLEMENTATIONS,
+                   help="attention kernel of the language model (default: sdpa; flash_attention_2 needs flash-attn, "
+                        "CUDA and half precision)")
     p.add_argument("--prune-seed", type=int, default=0)
     p.add_argument("--text-tokens", type=int, default=62,
                    help="random-prompt mode: non-visual tokens (default 62, an MME prompt)")
@@ -158,28 +164,29 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for m in methods:
         if m not in available_methods():
             known = ", ".join(available_methods())
-            raise SystemExit(f"--methods: {m!r} is not a registered method; choose from {known}")
+            raise ValueError(f"--methods: {m!r} is not a registered method; choose from {known}")
         if method_stage(m) != "llm":
-            raise SystemExit(f"--methods: {m!r} prunes before the language model; not wired into the model yet")
+            raise ValueError(f"--methods: {m!r} prunes before the language model; not wired into the model yet")
     if args.repeats < 1 or args.new_tokens < 1 or args.warmup < 0 or args.num_questions < 1:
-        raise SystemExit("--repeats, --new-tokens and --num-questions must be >= 1, --warmup >= 0")
+        raise ValueError("--repeats, --new-tokens and --num-questions must be >= 1, --warmup >= 0")
     if args.questions and not args.model_path:
-        raise SystemExit("--questions needs --model-path: random weights come without a tokenizer "
+        raise ValueError("--questions needs --model-path: random weights come without a tokenizer "
                          "(use --text-tokens for random prompts)")
     if args.questions and not os.path.isfile(args.questions):
-        raise SystemExit(f"--questions {args.questions}: no such file")
+        raise ValueError(f"--questions {args.questions}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available; use --device cpu")
-    dtype = _DTYPES.get(args.dtype) or (torch.float16 if device.type == "cuda" else torch.bfloat16)
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    if args.dtype != "auto":
+        dtype = parse_dtype(args.dtype)
+    else:
+        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     torch.manual_seed(args.seed)
 
     t_load = time.perf_counter()
     if args.model_path:
-        from llava.model.builder import load_pretrained_model
-
         tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, device=str(device),
                                                                      torch_dtype=dtype)
         arch = os.path.basename(os.path.normpath(args.model_path))
@@ -189,16 +196,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         model = random_model(arch, args.layers, args.with_vision, device, dtype, args.seed)
         tokenizer = image_processor = None
         budget_layers = args.budget_layers or 32
+    model.get_model().set_attn_implementation(args.attn_implementation)
     load_s = time.perf_counter() - t_load
     L = model.config.num_hidden_layers
     if not 1 <= args.layer <= L - 1:
-        raise SystemExit(f"--layer {args.layer}: must be in [1, {L - 1}] for this {L}-layer model")
+        raise ValueError(f"--layer {args.layer}: must be in [1, {L - 1}] for this {L}-layer model")
     tower = model.get_vision_tower()
     num_visual = tower.num_patches if tower is not None else 576
     least = (args.layer * num_visual + budget_layers - args.layer) / budget_layers
     for avg in budgets:
         if not least <= avg <= num_visual:
-            raise SystemExit(
+            raise ValueError(
                 f"--budgets {avg:g}: with K={args.layer} over {budget_layers} layers an average budget must be in "
                 f"[{least:g}, {num_visual}] to keep between 1 and {num_visual} visual tokens after layer K; "
                 "--budget-layers 32 applies the 32-layer (LLaVA-1.5-7B) rule to a shallower model"
@@ -212,7 +220,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         prompt_source = f"{args.questions} (first {len(prompts)})"
     else:
         if args.text_tokens < 1:
-            raise SystemExit("--text-tokens must be >= 1")
+            raise ValueError("--text-tokens must be >= 1")
         prompts = random_prompts(model, args.text_tokens, args.num_questions, device, dtype, args.seed)
         prompt_source = "random text"
 
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "layers": L,
         "budget_layers": budget_layers,
         "threads": torch.get_num_threads(),
+        "attn_implementation": args.attn_implementation,
         "torch": torch.__version__,
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -310,5 +319,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.utils import run_cli
+
+    run_cli(main)
 

@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args(argv)
 
-    from llava.eval.run_llava import build_prompt
+    from llava.conversation import build_prompt
     from llava.mm_utils import process_images, tokenizer_image_token
     from llava.model.builder import load_pretrained_model
     from llava.tools.demo import demo_image

@@ -3,7 +3,6 @@ and the prompts (benchmark questions, or random text of the paper's length plus 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -143,35 +142,19 @@ def question_prompts(path: str, count: int, tokenizer, image_processor, model, i
     import numpy as np
     from PIL import Image
 
-    from llava.conversation import conv_templates
+    from llava.conversation import build_prompt, get_conv_template
+    from llava.eval import read_jsonl
     from llava.mm_utils import process_images, tokenizer_image_token
 
-    if conv_mode not in conv_templates:
-        known = ", ".join(conv_templates)
-        raise SystemExit(f"--conv-mode {conv_mode!r} is not a known template; choose one of {known}")
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{lineno}: not a JSON line ({exc})") from exc
-            if "text" not in rec:
-                raise SystemExit(f"{path}:{lineno}: no 'text' field (expected LLaVA's question-file format)")
-            records.append(rec)
-            if len(records) == count:
-                break
+    get_conv_template(conv_mode)  # a bad --conv-mode fails before any work
+    records = [rec for _line, rec in read_jsonl(path, "question file", required=("text",))][:count]
     if not records:
-        raise SystemExit(f"{path}: no questions")
+        raise ValueError(f"{path}: no questions")
     rng = np.random.default_rng(seed)
     prompts = []
     for rec in records:
-        conv = conv_templates[conv_mode].copy()
-        conv.append_message(conv.roles[0], "<image>\n" + rec["text"])
-        conv.append_message(conv.roles[1], None)
-        ids = tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt")[None]
+        prompt = build_prompt(rec["text"], conv_mode, 1, getattr(model.config, "mm_use_im_start_end", False))
+        ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None]
         image_path = os.path.join(image_folder, rec["image"]) if image_folder and rec.get("image") else None
         if image_path and os.path.isfile(image_path):
             image, source = Image.open(image_path).convert("RGB"), image_path

@@ -8,12 +8,12 @@ message names the file (and line) and says how to fix it; the CLIs print that me
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
+
+from entropyprune.files import warn, write_json_atomic
+from llava.utils import run_cli  # noqa: F401  (the scorers' entry point)
 
 __all__ = [
     "EvalInputError",
@@ -29,11 +29,6 @@ __all__ = [
 
 class EvalInputError(ValueError):
     """Bad scorer input (missing file, malformed line, missing field); the message says what to fix."""
-
-
-def warn(message: str) -> None:
-    # Warnings go to stderr so that stdout keeps only the grep-able `Name: number` lines.
-    print(f"warning: {message}", file=sys.stderr)
 
 
 def require_file(path: str | os.PathLike, what: str, fix: str = "") -> str:
@@ -92,43 +87,9 @@ def read_jsonl(
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> str:
     """Write JSON atomically, so an interrupted scorer never leaves a half-written summary behind."""
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # ensure_ascii=False keeps MMBench-CN text readable in the summaries.
-            json.dump(_finite(obj), f, indent=indent, ensure_ascii=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _finite(obj: Any) -> Any:
-    # NaN (e.g. an accuracy over zero items) is not valid JSON; write null instead.
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return write_json_atomic(path, obj, indent)
 
 
 def default_summary_path(result_file: str | os.PathLike) -> str:
     # Next to the answers file, with a .json (not .jsonl) suffix so globs over answers/*.jsonl skip it.
     return os.path.splitext(os.fspath(result_file))[0] + "_scores.json"
-
-
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a scorer CLI; input errors become one line on stderr and exit status 2 (no traceback)."""
-    try:
-        main(argv)
-    except EvalInputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None

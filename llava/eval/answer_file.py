@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import warnings
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from entropyprune.files import atomic_file
 from llava.eval import EvalInputError, load_json, write_json
 from llava.eval.questions import Benchmark, Item, answer_stub
 
@@ -227,20 +227,9 @@ def merge_answers(output: str, parts: list[str]) -> dict:
         warnings.warn(f"no sidecar for {', '.join(missing)}; the merged sidecar cannot vouch for them",
                       stacklevel=2)
 
-    parent = os.path.dirname(os.path.abspath(output))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".jsonl", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for data in blobs:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(output, "wb", fsync=True) as f:
+        for data in blobs:
+            f.write(data)
     merged.update(
         chunk={"num_chunks": len(parts), "parts": [os.path.abspath(p) for p in parts], "mode": "merged"},
         answers=len(read_answers(output)),

@@ -49,6 +49,7 @@ from llava.eval.shards import (
     shard_path,
     wait_for_shards,
 )
+from llava.utils import run_cli
 
 # ------------------------------------------------------------------------------------------------ flags
 
@@ -124,23 +125,12 @@ def load_model(args: argparse.Namespace, device: str | None):
         raise EvalInputError(f"cannot load --model-path {args.model_path}: {err}") from None
 
 
-def image_prefix(model_config) -> str:
-    from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
-
-    if getattr(model_config, "mm_use_im_start_end", False):
-        return DEFAULT_IM_START_TOKEN + DEFAULT_IMAGE_TOKEN + DEFAULT_IM_END_TOKEN + "\n"
-    return DEFAULT_IMAGE_TOKEN + "\n"
-
-
 def build_prompt(item: Item, conv_mode: str, model_config) -> str:
     """LLaVA's prompt: the image marker line before the question, then the conversation template."""
-    from llava.conversation import get_conv_template
+    from llava.conversation import build_prompt as conversation_prompt
 
-    qs = (image_prefix(model_config) if item.load_image is not None else "") + item.question
-    conv = get_conv_template(conv_mode)
-    conv.append_message(conv.roles[0], qs)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
+    n_images = 1 if item.load_image is not None else 0
+    return conversation_prompt(item.question, conv_mode, n_images, getattr(model_config, "mm_use_im_start_end", False))
 
 
 def _prefetch(items: list[Item], prepare: Callable[[Item], Any], depth: int = 2) -> Iterator[tuple[Item, Any]]:
@@ -356,23 +346,13 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def cli(main: Callable[[list[str] | None], Any]) -> None:
-    """Run a driver; bad input is one `error:` line on stderr and exit status 2, not a traceback."""
-    try:
-        main(None)
-    except EvalInputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] != "merge":
-        raise SystemExit("usage: python -m llava.eval.driver merge --output MERGED.jsonl PART.jsonl [PART ...]")
+        raise ValueError("usage: python -m llava.eval.driver merge --output MERGED.jsonl PART.jsonl [PART ...]")
     merge_main(argv[1:])
 
 
 if __name__ == "__main__":
-    cli(lambda _argv: main())
+    run_cli(main)
 

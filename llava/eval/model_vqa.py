@@ -13,8 +13,9 @@ defaults to 1024, LLaVA's fixed value in this driver. Chunking, torchrun, resume
 
 from __future__ import annotations
 
-from llava.eval.driver import build_parser, cli, run
+from llava.eval.driver import build_parser, run
 from llava.eval.questions import jsonl_benchmark
+from llava.utils import run_cli
 
 BENCHMARK = jsonl_benchmark("model_vqa")
 
@@ -25,4 +26,4 @@ def main(argv=None, loaded=None, env=None) -> str:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -14,8 +14,9 @@ template; the short-answer suffix is already in the files); the answer line reco
 
 from __future__ import annotations
 
-from llava.eval.driver import build_parser, cli, run
+from llava.eval.driver import build_parser, run
 from llava.eval.questions import jsonl_benchmark
+from llava.utils import run_cli
 
 BENCHMARK = jsonl_benchmark("model_vqa_loader")
 
@@ -26,4 +27,4 @@ def main(argv=None, loaded=None, env=None) -> str:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

@@ -23,9 +23,10 @@ import io
 import os
 
 from llava.eval import EvalInputError
-from llava.eval.driver import build_parser, cli, run
+from llava.eval.driver import build_parser, run
 from llava.eval.eval_mmbench import OPTION_LETTERS, PANDAS_NA, read_tsv
 from llava.eval.questions import Benchmark, Item
+from llava.utils import run_cli
 
 SINGLE_PRED_PROMPT = {
     "en": "Answer with the option's letter from the given choices directly.",
@@ -124,4 +125,4 @@ def main(argv=None, loaded=None, env=None) -> str:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

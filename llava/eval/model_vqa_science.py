@@ -20,8 +20,9 @@ import json
 import os
 
 from llava.eval import EvalInputError
-from llava.eval.driver import build_parser, cli, run
+from llava.eval.driver import build_parser, run
 from llava.eval.questions import Benchmark, Item, open_rgb, prompt_key
+from llava.utils import run_cli
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 
@@ -83,4 +84,4 @@ def main(argv=None, loaded=None, env=None) -> str:
 
 
 if __name__ == "__main__":
-    cli(main)
+    run_cli(main)

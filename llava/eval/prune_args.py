@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from entropyprune.config import STATES, VARIANTS, PruneConfig
+
 
 def _layer(value: str):
     if value == "auto":
@@ -23,8 +25,8 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--prune-avg-tokens", type=float, default=None,
                         help="average visual tokens over all layers (the papers' 192/128/64 convention)")
     budget.add_argument("--prune-ratio", type=float, default=None, help="fraction of visual tokens kept")
-    g.add_argument("--prune-states", default="query", choices=["query", "key"])
-    g.add_argument("--entropy-variant", default="official", choices=["official", "paper"])
+    g.add_argument("--prune-states", default="query", choices=STATES)
+    g.add_argument("--entropy-variant", default="official", choices=VARIANTS)
     g.add_argument("--prune-seed", type=int, default=0, help="seed of the random baseline")
 
 
@@ -34,16 +36,11 @@ def prune_config_from_args(args):
         given = [f for f in ("prune_keep", "prune_avg_tokens", "prune_ratio") if getattr(args, f, None) is not None]
         if given:
             flag = "--" + given[0].replace("_", "-")
-            raise SystemExit(f"error: {flag} needs --prune-method (e.g. --prune-method entropy)")
+            raise ValueError(f"{flag} needs --prune-method (e.g. --prune-method entropy)")
         return None
-    from entropyprune.config import PruneConfig
-
     avg = args.prune_avg_tokens
     if avg is not None and float(avg).is_integer():
         avg = int(avg)
-    try:
-        return PruneConfig(method=args.prune_method, layer=args.prune_layer, keep=args.prune_keep, avg_tokens=avg,
-                           ratio=args.prune_ratio, states=args.prune_states, variant=args.entropy_variant,
-                           seed=args.prune_seed)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+    return PruneConfig(method=args.prune_method, layer=args.prune_layer, keep=args.prune_keep, avg_tokens=avg,
+                       ratio=args.prune_ratio, states=args.prune_states, variant=args.entropy_variant,
+                       seed=args.prune_seed)

@@ -7,15 +7,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 import torch
 
-from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
-from llava.conversation import get_conv_template
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import build_prompt, get_conv_template
 from llava.eval.prune_args import add_prune_args, prune_config_from_args
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.utils import run_cli
 
 
 def infer_conv_mode(model_name: str) -> str:
@@ -25,18 +25,6 @@ def infer_conv_mode(model_name: str) -> str:
     if "mpt" in name:
         return "mpt"
     return "llava_v1"
-
-
-def build_prompt(query: str, conv_mode: str, n_images: int = 1) -> str:
-    if IMAGE_PLACEHOLDER in query:
-        query = re.sub(IMAGE_PLACEHOLDER, DEFAULT_IMAGE_TOKEN, query)
-    elif n_images:
-        # One marker per image, each on its own line, before the question (LLaVA's layout for one image).
-        query = (DEFAULT_IMAGE_TOKEN + "\n") * n_images + query
-    conv = get_conv_template(conv_mode)
-    conv.append_message(conv.roles[0], query)
-    conv.append_message(conv.roles[1], None)
-    return conv.get_prompt()
 
 
 def eval_model(args) -> str:
@@ -50,7 +38,7 @@ def eval_model(args) -> str:
         attn_implementation=args.attn_implementation, vision_tower=args.vision_tower,
         prune=prune_config_from_args(args),
     )
-    prompt = build_prompt(args.query, conv_mode, len(images))
+    prompt = build_prompt(args.query, conv_mode, len(images), getattr(model.config, "mm_use_im_start_end", False))
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(model.device)
     pixels = process_images(images, image_processor, model.config).to(model.device, dtype=model.dtype)
     with torch.inference_mode():
@@ -86,4 +74,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -10,8 +10,17 @@ import torch
 from llava.model.checkpoint import load_weights, meta_parameters, weight_files
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float32": torch.float32, "fp32": torch.float32}
+DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float32": torch.float32, "fp32": torch.float32}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    """``"float16"`` / ``"bf16"`` / ... (or a torch.dtype) -> torch.dtype; a clear error for anything else."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise ValueError(f"unknown torch_dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -98,10 +107,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     if isinstance(device_map, dict) and "" in device_map and device is None:
         device = device_map[""]
     device = torch.device(device or default_device())
-    if isinstance(torch_dtype, str):
-        if torch_dtype not in _DTYPES:
-            raise ValueError(f"unknown torch_dtype {torch_dtype!r}; choose one of {', '.join(_DTYPES)}")
-        torch_dtype = _DTYPES[torch_dtype]
+    if torch_dtype is not None:
+        torch_dtype = parse_dtype(torch_dtype)
     dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
 
     path = resolve_model_path(model_path)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from entropyprune.config import PruneConfig
-from llava.eval.run_llava import build_prompt
+from llava.conversation import build_prompt
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 

@@ -399,13 +399,12 @@ def main(argv=None) -> None:
     ap.add_argument("--mme-images", type=int, default=2, help="images per MME subtask (2 questions each)")
     ap.add_argument("--force", action="store_true", help="overwrite benchmark files that are not demo data")
     args = ap.parse_args(argv)
-    try:
-        counts = build(args.root, args.seed, args.mme_images, args.force)
-    except (FileExistsError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    counts = build(args.root, args.seed, args.mme_images, args.force)
     shown = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"demo benchmark data written to {args.root} (questions: {shown})")
 
 
 if __name__ == "__main__":
-    main()
+    from llava.utils import run_cli
+
+    run_cli(main)

@@ -121,11 +121,3 @@ class LlavaConfig:
         out.setdefault("architectures", ["LlavaLlamaForCausalLM"])
         out.setdefault("model_type", "llava_llama")
         return out
-
-    @property
-    def num_image_tokens(self) -> int | None:
-        """Visual tokens per image, when the tower config is at hand (576 for CLIP-L/14-336)."""
-        if self.vision_config:
-            n = (self.vision_config["image_size"] // self.vision_config["patch_size"]) ** 2
-            return n + (1 if self.mm_vision_select_feature == "cls_patch" else 0)
-        return None

@@ -121,7 +121,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache(len(self.model.layers))
-        hidden, pos = self.model(embeds, pos, mask, cache, self._prune_hook(splice))
+        hidden, pos = self.model(embeds, pos, mask, cache, self._prune_hook(splice), has_padding=_padded(splice))
         logits = self.lm_head(hidden).float()
         loss = None
         if labels is not None:
@@ -137,13 +137,31 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
     def generate(self, inputs=None, images=None, image_sizes=None, attention_mask=None, do_sample=False,
                  temperature=1.0, top_p=None, top_k=None, num_beams=1, max_new_tokens=128, use_cache=True,
                  eos_token_id=None, pad_token_id=None, generator: torch.Generator | None = None,
-                 streamer=None, **kwargs) -> torch.Tensor:
+                 streamer=None, stopping_criteria=None, input_ids=None, inputs_embeds=None,
+                 **unsupported) -> torch.Tensor:
         """Greedy (or sampled) decoding; returns only the new tokens [B, n], padded after EOS.
 
         Batches are spliced with left padding so every row's last prompt token is the last position.
+        The arguments are those LLaVA's scripts pass to transformers' ``generate``; any other is an error
+        rather than silently ignored. ``stopping_criteria`` (a list of callables, e.g. LLaVA's
+        ``KeywordsStoppingCriteria``) is called after every step with the new tokens so far ``[B, n]`` and
+        the step's logits, as transformers does for a prompt given as embeddings; a criterion returns one
+        bool (stop every row) or a bool tensor ``[B]`` (stop those rows).
+
+        Synchronisation: checking whether every row has finished reads one bool on the host per generated
+        token (that is what lets generation stop early); ``streamer`` and ``stopping_criteria`` read the
+        tokens on the host too.
         """
-        if kwargs.get("inputs_embeds") is not None:
+        if unsupported:
+            names = ", ".join(sorted(unsupported))
+            raise TypeError(f"generate() does not support {names}; it takes LLaVA's generation arguments "
+                            "(images, image_sizes, attention_mask, do_sample, temperature, top_p, top_k, num_beams=1, "
+                            "max_new_tokens, use_cache, eos_token_id, pad_token_id, streamer, stopping_criteria)")
+        if inputs_embeds is not None:
             raise NotImplementedError("generate() takes input_ids with <image> markers, not inputs_embeds")
+        if inputs is not None and input_ids is not None:
+            raise TypeError("generate() got the prompt twice: pass inputs or input_ids, not both")
+        inputs = inputs if inputs is not None else input_ids
         if num_beams != 1:
             raise NotImplementedError("beam search is not supported; LLaVA's benchmarks decode greedily (num_beams=1)")
         if inputs is None:
@@ -151,7 +169,9 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or eos)
+        pad = pad_token_id if pad_token_id is not None else self.config.pad_token_id
+        if pad is None:  # token id 0 is a real id: only a missing pad id falls back to EOS
+            pad = eos
         sample = do_sample and temperature is not None and temperature > 0
 
         embeds, mask, pos, _, splice = self._prefill_inputs(inputs, images, attention_mask, None, None, None,
@@ -163,10 +183,10 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
         if use_cache:
             cache = KVCache(len(self.model.layers), extra=max_new_tokens)
-            hidden, _ = self.model(embeds, pos, mask, cache, self._prune_hook(splice))
+            hidden, _ = self.model(embeds, pos, mask, cache, self._prune_hook(splice), has_padding=_padded(splice))
         else:
             hook = self._prune_hook(splice)
-            hidden, _ = self.model(embeds, pos, mask, None, hook)
+            hidden, _ = self.model(embeds, pos, mask, None, hook, has_padding=_padded(splice))
         trace = self.model.prune_trace
         n = 0
         for n in range(max_new_tokens):
@@ -177,6 +197,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             if streamer is not None:
                 streamer.put(token.cpu())
             finished |= token == eos
+            for criterion in stopping_criteria or ():
+                finished |= _stop_rows(criterion(out[:, : n + 1], logits), b, device)
             if n + 1 == max_new_tokens or bool(finished.all()):
                 break
             if use_cache:
@@ -192,11 +214,25 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
                     [mask, torch.ones(b, n + 1, dtype=torch.bool, device=device)], dim=1)
                 grown = None if splice is None else dataclasses.replace(
                     splice, inputs_embeds=full, lengths=[n_real + n + 1 for n_real in splice.lengths])
-                hidden, _ = self.model(full, full_pos, full_mask, None, self._prune_hook(grown))
+                hidden, _ = self.model(full, full_pos, full_mask, None, self._prune_hook(grown),
+                                       has_padding=_padded(grown))
         self.model.prune_trace = trace  # the prefill's record, not the last recomputation's
         if streamer is not None:
             streamer.end()
         return out[:, : n + 1]
+
+
+def _padded(splice: Splice | None) -> bool | None:
+    # The splice knows on the host whether any row is padded; without one the model reads the mask.
+    return None if splice is None else splice.has_padding
+
+
+def _stop_rows(verdict, b: int, device) -> torch.Tensor:
+    """A stopping criterion's answer as a bool tensor [B]: one bool stops every row."""
+    if isinstance(verdict, torch.Tensor):
+        verdict = verdict.to(device=device, dtype=torch.bool)
+        return verdict.expand(b) if verdict.numel() == 1 else verdict.reshape(b)
+    return torch.full((b,), bool(verdict), dtype=torch.bool, device=device)
 
 
 def _positions_from_mask(mask, b, t, device):

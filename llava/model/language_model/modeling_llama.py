@@ -328,13 +328,16 @@ class LlamaModel(nn.Module):
         cache: KVCache | None = None,
         prune_hook=None,
         observe_states=None,
+        has_padding: bool | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the decoder on new tokens.
 
         inputs_embeds [B, T, D]; position_ids [B, T]; attention_mask [B, T] (1 = real token) or None;
         cache: appended to (a fresh one is made when None); prune_hook: applied at its layer during prefill;
         observe_states: called as ``observe_states(layer, query, key)`` with every layer's post-RoPE states
-        ``[B, h, T, d_h]``, exactly those attention used (the ECL tool reads them; nothing else changes).
+        ``[B, h, T, d_h]``, exactly those attention used (the ECL tool reads them; nothing else changes);
+        has_padding: whether any row of a prefill carries padding, as the caller knows it on the host (the
+        splice does); when None it is read from ``attention_mask``, which costs one device sync per prefill.
         Returns (hidden states after the final norm, position ids of the returned tokens): after pruning both
         cover only the kept tokens.
         """
@@ -344,8 +347,10 @@ class LlamaModel(nn.Module):
         new_valid = (attention_mask.bool() if attention_mask is not None
                      else torch.ones(b, t, dtype=torch.bool, device=device))
         if cache.empty:
-            # Checked once, before the loop: whether any row carries padding decides the attention path.
-            padded = attention_mask is not None and not bool(new_valid.all())
+            # Decided once, before the loop: whether any row carries padding chooses the attention path.
+            padded = has_padding
+            if padded is None:
+                padded = attention_mask is not None and not bool(new_valid.all())
             cache.open_segment(range(len(self.layers)), b, device, padded)
         elif prune_hook is not None:
             raise ValueError("pruning applies at prefill only; pass prune_hook=None when decoding with a cache")

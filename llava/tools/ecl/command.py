@@ -16,8 +16,8 @@ from entropyprune.ecl import (
     REGISTRY_ENV,
     model_name_from_path,
     register_collapse_layer,
-    write_json_atomic,
 )
+from entropyprune.files import write_json_atomic
 from llava.tools.ecl.plots import plot_curves, plot_spectra
 from llava.tools.ecl.profile import profile_samples, summarize
 from llava.tools.ecl.samples import Sample, choose_samples, datasets_from_args, load_samples

@@ -28,7 +28,7 @@ def profile_samples(model, tokenizer, image_processor, datasets_samples: dict[st
     from tqdm import tqdm
 
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.eval.run_llava import build_prompt
+    from llava.conversation import build_prompt
     from llava.mm_utils import process_images, tokenizer_image_token
 
     total = sum(len(s) for s in datasets_samples.values())
@@ -39,7 +39,7 @@ def profile_samples(model, tokenizer, image_processor, datasets_samples: dict[st
         for name, samples in datasets_samples.items():
             bar.set_postfix_str(name)
             for sample in samples:
-                prompt = build_prompt(sample.text, conv_mode, 1)
+                prompt = build_prompt(sample.text, conv_mode, 1, getattr(model.config, "mm_use_im_start_end", False))
                 ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
                 pixels = process_images([sample.load_image()], image_processor, model.config)
                 per_state, (_start, length) = layer_states(

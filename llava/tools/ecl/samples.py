@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from llava.eval import load_json, read_jsonl
 
 
 @dataclass
@@ -44,21 +45,9 @@ def load_samples(question_file: str, image_folder: str | None) -> list[Sample]:
     if image_folder is None:
         raise ValueError(f"{question_file}: give the image folder its 'image' paths are relative to")
     if ext == ".jsonl":
-        records = []
-        with open(question_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append((f"{question_file}:{lineno}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{question_file}:{lineno}: not valid JSON ({err.msg})") from None
+        records = [(f"{question_file}:{n}", r) for n, r in read_jsonl(question_file, "question file")]
     elif ext == ".json":
-        with open(question_file, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{question_file}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        data = load_json(question_file, "question file")
         if not isinstance(data, list):
             raise ValueError(f"{question_file}: expected a JSON list of questions (ScienceQA's format)")
         records = [(f"{question_file}[{i}]", r) for i, r in enumerate(data)]
