@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
-from numbers import Real
 from typing import Any
+
+from entropyprune import budget
 
 STATES = ("query", "key")
 VARIANTS = ("paper", "official")
@@ -23,26 +23,23 @@ FLAGS = {
     "seed": "--prune-seed",
 }
 
-_BUDGETS = ("keep", "avg_tokens", "ratio")
+_BUDGETS = budget.BUDGETS
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
-
-
 @dataclass
 class PruneConfig:
     """Which method prunes, where, and how many visual tokens per image survive.
 
-    Exactly one budget is given:
+    Exactly one budget is given (the rule, computed exactly, is :mod:`entropyprune.budget`'s):
 
     * ``keep=N``: N visual tokens per image pass layer K.
     * ``avg_tokens=T``: T visual tokens on average over all L layers (the papers' convention):
-      N = floor((L*T - K*V) / (L-K)); 192/128/64 -> 166/98/29 for L=32, K=2, V=576.
+      N = floor((L*T - K*V) / (L-K)); 192/128/64 -> 166/98/29 for L=32, K=2, V=576. A float T means
+      the decimal it prints as (522.8 is 5228/10).
     * ``ratio=r``: N = round(r*V), halves rounded up.
 
     ``layer`` is K (0-based): layers 0..K-1 see every token, K..L-1 only the kept ones. In-language-model
@@ -82,19 +79,7 @@ class PruneConfig:
             raise ValueError(
                 f"{FLAGS['layer']} must be an integer >= 0 or {AUTO_LAYER!r}, got {self.layer!r}"
             )
-        given = [name for name in _BUDGETS if getattr(self, name) is not None]
-        if len(given) != 1:
-            flags = ", ".join(FLAGS[name] for name in _BUDGETS)
-            what = "none" if not given else ", ".join(f"{FLAGS[n]} {getattr(self, n)!r}" for n in given)
-            raise ValueError(f"give exactly one token budget out of {flags}; got {what}")
-        if self.keep is not None and not (_is_int(self.keep) and self.keep >= 1):
-            raise ValueError(f"{FLAGS['keep']} must be an integer >= 1, got {self.keep!r}")
-        if self.avg_tokens is not None and not (
-            _is_real(self.avg_tokens) and math.isfinite(self.avg_tokens) and self.avg_tokens >= 1
-        ):
-            raise ValueError(f"{FLAGS['avg_tokens']} must be a number >= 1, got {self.avg_tokens!r}")
-        if self.ratio is not None and not (_is_real(self.ratio) and 0 < self.ratio <= 1):
-            raise ValueError(f"{FLAGS['ratio']} must be a number in (0, 1], got {self.ratio!r}")
+        budget.check_budget(self.keep, self.avg_tokens, self.ratio, FLAGS)
         if self.states not in STATES:
             raise ValueError(f"{FLAGS['states']} must be one of {', '.join(STATES)}, got {self.states!r}")
         if self.variant not in VARIANTS:
@@ -135,36 +120,15 @@ class PruneConfig:
         """Number N of visual tokens kept per image, for an L-layer model and V tokens per image."""
         if not (_is_int(num_layers) and num_layers >= 1):
             raise ValueError(f"num_layers must be an integer >= 1, got {num_layers!r}")
-        if not (_is_int(num_visual) and num_visual >= 1):
-            raise ValueError(f"num_visual must be an integer >= 1, got {num_visual!r}")
         k = self._check_layer(num_layers)
-        L, V = num_layers, num_visual
-        if self.keep is not None:
-            flag, given, n = FLAGS["keep"], self.keep, self.keep
-            allowed = f"[1, {V}]"
-        elif self.avg_tokens is not None:
-            flag, given = FLAGS["avg_tokens"], self.avg_tokens
-            if _is_int(given):
-                n = (L * given - k * V) // (L - k)
-            else:
-                n = math.floor((L * given - k * V) / (L - k))
-            lowest = self.avg_tokens_equivalent(1, L, V)
-            allowed = f"[{lowest:g}, {V}] (so that 1 <= kept <= {V})"
-        else:
-            flag, given = FLAGS["ratio"], self.ratio
-            n = math.floor(self.ratio * V + 0.5)
-            allowed = f"[{0.5 / V:.4g}, 1] (so that at least one of {V} tokens is kept)"
-        if not 1 <= n <= V:
-            raise ValueError(
-                f"{flag} {given} keeps {n} of {V} visual tokens after layer {k} of {L}; "
-                f"it must keep between 1 and {V}: use {flag} in {allowed}"
-            )
-        return n
+        return budget.keep_for_budget(
+            num_layers, k, num_visual, keep=self.keep, avg_tokens=self.avg_tokens, ratio=self.ratio, flags=FLAGS
+        )
 
     def avg_tokens_equivalent(self, n_keep: int, num_layers: int, num_visual: int) -> float:
         """Visual tokens per layer averaged over all L layers when N are kept from layer K on."""
         k = self._check_layer(num_layers)
-        return (k * num_visual + (num_layers - k) * n_keep) / num_layers
+        return float(budget.avg_tokens_equivalent(n_keep, num_layers, k, num_visual))
 
     # ------------------------------------------------------------------ records
     def to_dict(self) -> dict[str, Any]:
@@ -188,4 +152,4 @@ class PruneConfig:
         avg = self.avg_tokens
         if avg is None:
             avg = self.avg_tokens_equivalent(n, num_layers, num_visual)
-        return f"{head} keep={n} (avg {avg:.4g})"
+        return f"{head} keep={n} (avg {float(avg):.4g})"

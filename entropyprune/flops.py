@@ -2,7 +2,7 @@
 
 This is the analytic side of the paper's efficiency analysis (Sec. 3.6, Eq. 15-16, Appendix A.4,
 Table 5). It counts what the language model does layer by layer with the real token count of each
-layer, so pruning at layer K (DESIGN.md, "The pruning contract") is exact rather than approximated.
+layer, so pruning at layer K (docs/Method.md, "The layer K") is exact rather than approximated.
 
 Counting rules
 ==============
@@ -59,12 +59,13 @@ decoder layers:
   select layer -2) plus the ``mlp2x_gelu`` projector, once per image. Pruning inside the language
   model does not change it.
 
-The budget meaning follows DESIGN.md: ``keep=N`` (N per image), ``avg_tokens=T`` (the papers' average
-over all L layers, ``N = floor((L*T - K*V) / (L-K))``), ``ratio=r`` (``N = round(r*V)``; r is the
-*kept* fraction, halves rounded up, unlike the paper's Eq. 16, whose r is the *removed* fraction).
-``resolve_keep`` is a local implementation of that rule with the same results as
-``entropyprune.config.PruneConfig.resolve`` (N in [1, V]) but no method registry, so that this module
-stays standalone and the CLI can name its own flags. ``prefill_flops`` itself accepts any 0 <= N <= V.
+The budget meaning is :mod:`entropyprune.budget`'s, the one exact rule the runtime uses too:
+``keep=N`` (N per image), ``avg_tokens=T`` (the papers' average over all L layers,
+``N = floor((L*T - K*V) / (L-K))``), ``ratio=r`` (``N = round(r*V)``; r is the *kept* fraction,
+halves rounded up, unlike the paper's Eq. 16, whose r is the *removed* fraction), N in [1, V].
+``resolve_keep`` calls :func:`entropyprune.budget.keep_for_budget`, as
+``entropyprune.config.PruneConfig.resolve`` does, so ``entropyprune flops`` and a run keep the same N.
+``prefill_flops`` itself accepts any 0 <= N <= V.
 
 Table 5 reproduction (LLaVA-1.5-7B, MME, EntropyPrune rows)
 ===========================================================
@@ -78,7 +79,7 @@ KV 95.8 / 63.9 MB and FLOPs 42.3 % / 32.7 % (text of Sec. 4.2/4.6: "reduces FLOP
 (576 * 32 * 2 * 4096 * 2 B = 288 MiB). 95.8 and 63.9 are exactly what ``avg_tokens`` 192 / 128 give
 (N = 166 / 98 kept after K = 2: (2*576 + 30*166) / 32 = 191.6 tokens -> 95.8 MiB; 98 -> 63.9 MiB),
 while ``keep=192`` would give 108.0 MiB. So the paper's budgets are averages (the release's
-``max_num_trunction``), as DESIGN.md says, and its KV column counts visual tokens only, in MiB.
+``max_num_trunction``), and its KV column counts visual tokens only, in MiB.
 
 *FLOPs column.* The release measured FLOPs with calflops on one prefill of the first MME sample,
 through the whole LLaVA model (CLIP tower included). The convention that reproduces it:
@@ -117,12 +118,13 @@ abstract's "68.2% reduction in FLOPs" does not match Table 5's 67.3 % (100 - 32.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from typing import Any
+
+from entropyprune import budget
+from entropyprune.budget import BudgetError
 
 __all__ = [
     "LMShape",
@@ -275,20 +277,6 @@ def resolve_shape(spec: str | os.PathLike | Mapping[str, Any] | LMShape) -> LMSh
     return LMShape.from_config(spec)
 
 
-class BudgetError(ValueError):
-    """A pruning budget or layer that does not fit the model; ``name`` is the offending parameter."""
-
-    def __init__(self, name: str, value: Any, problem: str) -> None:
-        self.name = name
-        self.value = value
-        self.problem = problem
-        super().__init__(f"{name}={value} {problem}")
-
-    def with_label(self, label: str) -> str:
-        """The message with ``label`` (e.g. a command-line flag) in place of the parameter name."""
-        return f"{label} {self.value} {self.problem}"
-
-
 def resolve_keep(
     num_layers: int,
     layer: int,
@@ -296,54 +284,23 @@ def resolve_keep(
     keep: int | None = None,
     avg_tokens: float | None = None,
     ratio: float | None = None,
+    flags: Mapping[str, str] | None = None,
 ) -> int:
     """Visual tokens kept per image after ``layer`` for exactly one of keep / avg_tokens / ratio.
 
-    DESIGN.md's budget contract: ``keep=N`` -> N; ``avg_tokens=T`` -> ``floor((L*T - K*V) / (L-K))``;
-    ``ratio=r`` -> ``round(r*V)`` with halves rounded up; N must be in [1, V], as in
-    ``PruneConfig.resolve``. ``layer`` may be 0 (methods that prune before the language model).
+    :func:`entropyprune.budget.keep_for_budget`, the rule ``PruneConfig.resolve`` uses: ``keep=N`` -> N;
+    ``avg_tokens=T`` -> ``floor((L*T - K*V) / (L-K))``; ``ratio=r`` -> ``round(r*V)`` with halves rounded
+    up; N in [1, V]. ``layer`` may be 0 (methods that prune before the language model). ``flags`` names
+    the parameters in error messages (the CLI passes its own flags).
     """
-    given = [
-        name for name, v in (("keep", keep), ("avg_tokens", avg_tokens), ("ratio", ratio)) if v is not None
-    ]
-    if len(given) != 1:
-        raise ValueError(f"give exactly one of keep, avg_tokens, ratio (got {', '.join(given) or 'none'})")
-    if not 0 <= layer <= num_layers - 1:
-        raise BudgetError("layer", layer, f"is outside 0..{num_layers - 1} for a {num_layers}-layer model")
-    if keep is not None:
-        if keep < 1:
-            raise BudgetError("keep", keep, "must be at least 1 (a pruned image keeps at least one token)")
-        if keep > num_visual:
-            raise BudgetError("keep", keep, f"is more than the {num_visual} visual tokens")
-        return int(keep)
-    if ratio is not None:
-        if not 0.0 <= ratio <= 1.0:
-            raise BudgetError("ratio", ratio, "must be a kept fraction between 0 and 1")
-        n = math.floor(ratio * num_visual + 0.5)
-        if n < 1:
-            raise BudgetError(
-                "ratio", ratio, f"keeps no token of {num_visual}; use at least {0.5 / num_visual:.4g}"
-            )
-        return n
-    assert avg_tokens is not None
-    if avg_tokens > num_visual:
-        raise BudgetError("avg_tokens", avg_tokens, f"is more than the {num_visual} visual tokens")
-    exact = Fraction(str(avg_tokens)) if isinstance(avg_tokens, float) else Fraction(avg_tokens)
-    n = math.floor((num_layers * exact - layer * num_visual) / (num_layers - layer))
-    if n < 1:
-        least = Fraction(layer * num_visual + num_layers - layer, num_layers)
-        raise BudgetError(
-            "avg_tokens",
-            avg_tokens,
-            f"keeps {n} tokens after layer {layer}; keeping at least one needs an average of at least "
-            f"{float(least):g}",
-        )
-    return int(n)
+    return budget.keep_for_budget(
+        num_layers, layer, num_visual, keep=keep, avg_tokens=avg_tokens, ratio=ratio, flags=flags
+    )
 
 
 def average_tokens(num_layers: int, layer: int, num_visual: int, keep: int) -> float:
     """The average-over-layers visual token count of keeping ``keep`` after ``layer``."""
-    return (layer * num_visual + (num_layers - layer) * keep) / num_layers
+    return float(budget.avg_tokens_equivalent(keep, num_layers, layer, num_visual))
 
 
 def _attention_pairs(n: int, n_ctx: int, attention: str) -> int:
@@ -477,11 +434,11 @@ def prefill_flops(
         if int(value) != value or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     if not 0 <= layer <= L - 1:
-        raise BudgetError("layer", layer, f"is outside 0..{L - 1} for a {L}-layer model")
+        raise BudgetError("layer", layer, f"layer must be in [0, {L - 1}] for a {L}-layer model, got {layer!r}")
     kept = n_visual if keep is None else int(keep)
     if not 0 <= kept <= n_visual:
         problem = f"is more than the {n_visual} visual tokens" if kept > 0 else "is negative"
-        raise BudgetError("keep", keep, problem)
+        raise BudgetError("keep", keep, f"keep={keep} {problem}")
     if n_text + n_images * n_visual == 0:
         raise ValueError("the prompt is empty: n_text and n_images * n_visual are both 0")
     if isinstance(vision, str):

@@ -55,6 +55,7 @@ def _number(text: str) -> float | int:
 
 # ----------------------------------------------------------------------------------------------- flops
 
+# How this command spells the budget parameters, for entropyprune.budget's error messages.
 _BUDGET_FLAGS = {"keep": "--keep", "avg_tokens": "--avg-tokens", "ratio": "--ratio", "layer": "--layer"}
 
 
@@ -242,9 +243,10 @@ def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             keep=args.keep,
             avg_tokens=args.avg_tokens,
             ratio=args.ratio,
+            flags=_BUDGET_FLAGS,
         )
     except F.BudgetError as exc:
-        parser.error(exc.with_label(_BUDGET_FLAGS[exc.name]))
+        parser.error(str(exc))
     if args.text_tokens + args.images * args.visual_tokens == 0:
         parser.error("--text-tokens 0 with no visual tokens: the prompt is empty")
     rep = _flops_report(args, shape, keep)

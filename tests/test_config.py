@@ -1,4 +1,8 @@
-"""PruneConfig: budget arithmetic (the papers' averaging convention) and flag-named validation errors."""
+"""PruneConfig: budget arithmetic (the papers' averaging convention) and flag-named validation errors.
+
+The rule itself, against independent Fraction arithmetic, is tested in test_budget.py."""
+
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -22,26 +26,37 @@ def test_keep_and_ratio():
     assert PruneConfig(keep=V).resolve(L, V) == V
     assert PruneConfig(ratio=0.25).resolve(L, V) == 144
     assert PruneConfig(ratio=1.0).resolve(L, V) == V
-    assert PruneConfig(ratio=0.5 / V).resolve(L, V) == 1  # halves round up
+    assert PruneConfig(ratio=0.0078125).resolve(L, V) == 5  # 4.5 exactly: halves round up
+    assert PruneConfig(ratio=Fraction(1, 2 * V)).resolve(L, V) == 1  # 0.5 exactly
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 40), st.integers(2, 80), st.integers(1, 1000), st.data())
+@given(st.integers(1, 79), st.integers(2, 80), st.integers(1, 1000), st.data())
 def test_avg_tokens_equivalent_inverts_resolve(k, layers, visual, data):
     k = min(k, layers - 1)
     n = data.draw(st.integers(1, visual))
     cfg = PruneConfig(layer=k, keep=n)
+    exact = Fraction(k * visual + (layers - k) * n, layers)
     avg = cfg.avg_tokens_equivalent(n, layers, visual)
-    assert avg == pytest.approx((k * visual + (layers - k) * n) / layers)
-    # Asking for that average gives back N (up to the float in avg), and never more.
-    back = PruneConfig(layer=k, avg_tokens=max(avg, 1)).resolve(layers, visual)
-    assert back in (n - 1, n)
-    assert PruneConfig(layer=k, avg_tokens=max(avg + 1e-9, 1)).resolve(layers, visual) == n
+    assert avg == float(exact)
+    # Asking for exactly that average gives back N.
+    assert PruneConfig(layer=k, avg_tokens=exact).resolve(layers, visual) == n
+    # The float avg means its printed decimal, which may lie just below the exact average: then the floor
+    # is N-1 (an error when N-1 = 0), and that is the rule, computed here independently.
+    typed = Fraction(repr(avg))
+    expected = (layers * typed - k * visual) // (layers - k)
+    if expected >= 1:
+        assert PruneConfig(layer=k, avg_tokens=avg).resolve(layers, visual) == expected
+    else:
+        with pytest.raises(ValueError, match="keeps 0 of"):
+            PruneConfig(layer=k, avg_tokens=avg).resolve(layers, visual)
+    if n < visual:
+        assert PruneConfig(layer=k, avg_tokens=avg + 1e-9).resolve(layers, visual) == n
 
 
 def test_avg_tokens_equivalent_of_the_paper_budgets():
     cfg = PruneConfig(avg_tokens=192)
-    assert cfg.avg_tokens_equivalent(166, L, V) == pytest.approx(191.625)
+    assert cfg.avg_tokens_equivalent(166, L, V) == 191.625  # (2*576 + 30*166) / 32, exactly
     assert cfg.avg_tokens_equivalent(V, L, V) == V
 
 

@@ -113,8 +113,9 @@ def test_budget_contract():
     assert F.resolve_keep(32, 2, 4, ratio=0.125) == 1  # round(0.5): halves go up, as in PruneConfig
     assert F.resolve_keep(32, 2, 576, avg_tokens=36.97) == 1
     assert F.resolve_keep(32, 2, 576, keep=200) == 200
-    assert F.average_tokens(32, 2, 576, 166) == pytest.approx(191.625)
-    with pytest.raises(F.BudgetError, match="more than the 576 visual tokens"):
+    assert F.average_tokens(32, 2, 576, 166) == 191.625
+    assert F.resolve_keep(15, 1, 576, avg_tokens=522.8) == 519  # exact: (7842 - 576) / 14
+    with pytest.raises(F.BudgetError, match="keep 700 keeps 700 of 576 visual tokens"):
         F.resolve_keep(32, 2, 576, keep=700)
     with pytest.raises(F.BudgetError) as err:
         F.resolve_keep(32, 2, 576, avg_tokens=10)
@@ -232,11 +233,13 @@ def test_cli_json(capsys, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--keep", "700"], "--keep 700 is more than the 576 visual tokens"),
-        (["--avg-tokens", "10"], "--avg-tokens 10 keeps -28 tokens after layer 2"),
-        (["--keep", "0"], "--keep 0 must be at least 1"),
-        (["--ratio", "1.5"], "--ratio 1.5 must be"),
-        (["--keep", "10", "--layer", "32"], "--layer 32 is outside 0..31"),
+        (["--keep", "700"], "--keep 700 keeps 700 of 576 visual tokens after layer 2 of 32"),
+        (["--avg-tokens", "10"], "--avg-tokens 10 keeps -28 of 576 visual tokens after layer 2 of 32"),
+        (["--avg-tokens", "10"], "use --avg-tokens in [36.9375, 576]"),
+        (["--avg-tokens", "600"], "--avg-tokens 600 keeps 601 of 576"),
+        (["--keep", "0"], "--keep must be an integer >= 1, got 0"),
+        (["--ratio", "1.5"], "--ratio must be a number in (0, 1], got 1.5"),
+        (["--keep", "10", "--layer", "32"], "--layer must be in [0, 31] for a 32-layer model, got 32"),
         (["--keep", "10", "--model", "no/such/model"], "--model: no/such/model: not a preset"),
         (["--keep", "10", "--images", "-1"], "argument --images"),
     ],

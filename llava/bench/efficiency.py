@@ -46,9 +46,10 @@ laptop CPU) and ``tiny`` (the test checkpoint's shapes). Without a vision tower 
 -336 tower and mlp2x_gelu projector (the tiny CLIP for ``tiny``), so the vision stage is timed too.
 
 Budgets are the papers' average-token budgets over ``--budget-layers`` layers (default: the model's own
-depth for a checkpoint, 32 for the ``--arch`` models), turned into a per-image keep count with the rule of
-DESIGN.md. So ``llava-1.5-7b-cpu`` keeps 166 / 98 / 29 tokens after layer 2 for 192 / 128 / 64, exactly
-what the 32-layer model keeps; its FLOPs fraction is that of its own, shallower stack.
+depth for a checkpoint, 32 for the ``--arch`` models), turned into a per-image keep count with the one
+exact rule of :mod:`entropyprune.budget`. So ``llava-1.5-7b-cpu`` keeps 166 / 98 / 29 tokens after layer 2
+for 192 / 128 / 64, exactly what the 32-layer model keeps; its FLOPs fraction is that of its own, shallower
+stack.
 
 This module is the command line; the workload (model, prompts) is in ``workload.py``, one measured run in
 ``measure.py``, the rows and the table in ``table5.py``.
@@ -69,6 +70,7 @@ from typing import Any
 
 import torch
 
+from entropyprune.budget import BudgetError, keep_for_budget
 from entropyprune.config import STATES, VARIANTS
 from entropyprune.methods import available_methods, method_stage
 from llava.bench.measure import Memory, check_cache, profile_breakdown, run_once
@@ -88,6 +90,8 @@ REQUIRED_KEYS = (
     "method", "avg_tokens", "keep", "flops_fraction", "prefill_s", "latency_s", "kv_bytes", "peak_mem_bytes",
     "device", "dtype", "arch",
 )
+# How this command spells the budget parameters, for entropyprune.budget's error messages.
+_BUDGET_FLAGS = {"avg_tokens": "--budgets", "layer": "--layer"}
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -203,14 +207,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--layer {args.layer}: must be in [1, {L - 1}] for this {L}-layer model")
     tower = model.get_vision_tower()
     num_visual = tower.num_patches if tower is not None else 576
-    least = (args.layer * num_visual + budget_layers - args.layer) / budget_layers
     for avg in budgets:
-        if not least <= avg <= num_visual:
+        try:  # the rule every run uses (entropyprune.budget), over --budget-layers layers
+            keep_for_budget(budget_layers, args.layer, num_visual, avg_tokens=avg, flags=_BUDGET_FLAGS)
+        except BudgetError as err:
             raise ValueError(
-                f"--budgets {avg:g}: with K={args.layer} over {budget_layers} layers an average budget must be in "
-                f"[{least:g}, {num_visual}] to keep between 1 and {num_visual} visual tokens after layer K; "
-                "--budget-layers 32 applies the 32-layer (LLaVA-1.5-7B) rule to a shallower model"
-            )
+                f"{err}; --budget-layers 32 applies the 32-layer (LLaVA-1.5-7B) rule to a shallower model"
+            ) from None
     rows = build_rows(methods, budgets, args.layer, budget_layers, args.entropy_variant, args.prune_states,
                       args.prune_seed, num_visual)
 

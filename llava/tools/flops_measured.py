@@ -36,7 +36,7 @@ The selection method runs on meta tensors too: ``torch.linalg.eigvalsh`` has a m
 many), so when a method cannot run on meta (a kernel without a meta implementation) the count falls
 back to ``method="random"`` and says so in ``method_used``.
 
-The module imports the model lazily: ``entropyprune`` otherwise depends on torch only (DESIGN.md).
+The module imports the model lazily: ``entropyprune`` otherwise depends on torch only.
 """
 
 from __future__ import annotations
