@@ -10,6 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.decoding import decode_ids
 
 
 def load_image(path_or_url: str) -> Image.Image:
@@ -105,5 +106,5 @@ class KeywordsStoppingCriteria:
         self.start_len = input_ids.shape[1]
 
     def __call__(self, output_ids: torch.Tensor, scores=None, **kwargs) -> bool:
-        texts = self.tokenizer.batch_decode(output_ids[:, -8:], skip_special_tokens=True)
+        texts = [decode_ids(self.tokenizer, row) for row in output_ids[:, -8:]]
         return all(any(k in t for k in self.keywords) for t in texts)
