@@ -11,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from entropyprune.ecl import model_name_from_path as get_model_name_from_path  # noqa: F401  (LLaVA's name)
 from llava.constants import IMAGE_TOKEN_INDEX
+from llava.decoding import decode_ids
 
 
 def load_image(path_or_url: str) -> Image.Image:
@@ -99,5 +100,5 @@ class KeywordsStoppingCriteria:
         self.start_len = input_ids.shape[1]
 
     def __call__(self, output_ids: torch.Tensor, scores=None, **kwargs) -> bool:
-        texts = self.tokenizer.batch_decode(output_ids[:, -8:], skip_special_tokens=True)
+        texts = [decode_ids(self.tokenizer, row) for row in output_ids[:, -8:]]
         return all(any(k in t for k in self.keywords) for t in texts)

@@ -285,6 +285,7 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
 
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.conversation import get_conv_template
+    from llava.decoding import decode_answer
     from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 
     try:
@@ -335,7 +336,7 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
                     input_ids.to(model.device), images=pixels, image_sizes=sizes,
                     do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
                     num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
-            text = tokenizer.batch_decode(output_ids, skip_special_tokens=True)[0].strip()
+            text = decode_answer(tokenizer, output_ids[0])
             make = bench.make_record or default_record
             writer.write(make(item, text, shortuuid.uuid(), model_name))
             bar.update(1)

@@ -12,6 +12,7 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt, get_conv_template
+from llava.decoding import decode_answer
 from llava.eval.prune_args import add_prune_args, prune_config_from_args
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
@@ -44,7 +45,7 @@ def eval_model(args) -> str:
     with torch.inference_mode():
         out = model.generate(input_ids, images=pixels, do_sample=args.temperature > 0, temperature=args.temperature,
                              top_p=args.top_p, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
-    return tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
+    return decode_answer(tokenizer, out[0])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -59,13 +59,20 @@ def resolve_model_path(model_path: str) -> str:
     )
 
 
-def resolve_vision_tower(name: str | None, model_path: str) -> str:
+def resolve_vision_tower(name: str | None, model_path: str, from_config: bool = True) -> str:
+    """The CLIP tower's folder: `name` from config.json (from_config) or given by the caller (vision_tower=)."""
     if not name:
         raise ValueError(
             f"{os.path.join(model_path, 'config.json')} has no 'mm_vision_tower': this is not a LLaVA checkpoint "
             "(LLaVA-1.5 configs name the CLIP tower, e.g. openai/clip-vit-large-patch14-336)"
         )
-    for candidate in (os.path.expanduser(name), os.path.join(model_path, name)):
+    name = os.path.expanduser(name)
+    inside = os.path.join(model_path, name)
+    # A relative name in config.json is a folder inside the checkpoint first (the tiny checkpoints' layout, which
+    # keeps working when the checkpoint is copied), then one in the working directory, as official LLaVA reads it.
+    # A name the caller gives is relative to the working directory first.
+    candidates = (inside, name) if from_config else (name, inside)
+    for candidate in candidates:
         if os.path.isdir(candidate):
             return candidate
     local = _download(name)
@@ -115,7 +122,8 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
     config = LlavaConfig.from_pretrained(path)
     config.attn_implementation = "sdpa"
     if config.checkpoint_format == "llava":
-        config.mm_vision_tower = resolve_vision_tower(vision_tower or config.mm_vision_tower, path)
+        config.mm_vision_tower = resolve_vision_tower(vision_tower or config.mm_vision_tower, path,
+                                                      from_config=vision_tower is None)
     elif vision_tower is not None:
         warnings.warn("vision_tower is ignored for transformers-format checkpoints: the tower is in the checkpoint",
                       stacklevel=2)

@@ -31,6 +31,22 @@ _HF_KEY_RULES = (
 )
 
 
+_TOWER = "model.vision_tower.vision_tower."
+
+
+def _tower_alias(name: str, params) -> str:
+    """`name` with CLIPVisionModel's `vision_model.` level added or removed, when that is the model's name.
+
+    Checkpoints name CLIP weights `vision_model.*` (openai's, llava-hf's, ours); transformers 5's CLIPVisionModel
+    has no such level, transformers 4's has. Tiny checkpoints written before the prefix was kept lack it.
+    """
+    if not name.startswith(_TOWER):
+        return name
+    rest = name[len(_TOWER):]
+    rest = rest[len("vision_model."):] if rest.startswith("vision_model.") else "vision_model." + rest
+    return _TOWER + rest if _TOWER + rest in params else name
+
+
 def weight_files(path: str) -> list[str]:
     """The checkpoint's weight files, in shard order; an error naming the folder if there are none."""
     for index_name, single in _WEIGHT_FILES:
@@ -81,6 +97,8 @@ def load_weights(model: torch.nn.Module, files: list[str], checkpoint_format: st
             name = map_key(key, checkpoint_format)
             if name is None or name.startswith(skip_prefixes):
                 continue
+            if name not in params:
+                name = _tower_alias(name, params)
             if name not in params:
                 unexpected.append(key)
                 continue

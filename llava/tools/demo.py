@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from entropyprune.config import PruneConfig
 from llava.conversation import build_prompt
+from llava.decoding import decode_answer
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 
@@ -50,7 +51,7 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             out = model.generate(ids, images=pixels, max_new_tokens=args.max_new_tokens)
         dt = time.perf_counter() - t0
-        answer = tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip()
+        answer = decode_answer(tokenizer, out[0])
         note = ""
         trace = model.get_model().prune_trace
         if cfg is not None and trace and trace[0]:

@@ -1,24 +1,28 @@
 """Build a complete tiny LLaVA-1.5 checkpoint offline and deterministically.
 
     python -m llava.tools.make_tiny_checkpoint --out checkpoints/llava-v1.5-tiny [--format llava|hf] [--seed 0]
+        [--absolute-tower-path]
 
 What it writes, in the real formats:
 - a tiny CLIP tower as its own folder (336 px, patch 14: 576 visual tokens, like CLIP-L/14-336) with its
-  preprocessor config; `mm_vision_tower` names it (LLaVA format) or it is inside the weights (hf format);
+  preprocessor config, weights named `vision_model.*` as in openai's CLIP checkpoints; `mm_vision_tower`
+  names the folder (LLaVA format) or the tower is inside the weights (hf format);
 - a real SentencePiece `tokenizer.model`, trained on the spot on prompt-like text;
 - random Llama weights (several heads, 4 layers), sharded safetensors with an index (or `.bin` shards);
 - config.json, generation_config.json, tokenizer_config.json, special_tokens_map.json.
 
 Random weights mean the answers are gibberish; the checkpoint exists to exercise every code path.
+The output is byte-for-byte the same for the same arguments, wherever it is written (unless
+--absolute-tower-path), and the LLaVA format loads in official LLaVA too (docs/Evaluation.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -47,26 +51,29 @@ _CORPUS_LINES = [
 ]
 
 
+def _corpus() -> list[str]:
+    """The training sentences: the prompt-like lines, some with a number, one sentence per text line."""
+    text = "".join(line + (f" {i}" if i % 3 == 0 else "") + "\n" for i in range(40) for line in _CORPUS_LINES)
+    return text.split("\n")[:-1]
+
+
 def _train_tokenizer(out_dir: str, seed: int) -> int:
     import sentencepiece as spm
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "corpus.txt")
-        with open(corpus, "w", encoding="utf-8") as f:
-            for i in range(40):
-                for line in _CORPUS_LINES:
-                    f.write(line + (f" {i}" if i % 3 == 0 else "") + "\n")
-        prefix = os.path.join(tmp, "tokenizer")
-        # Llama's layout: <unk>=0, <s>=1, </s>=2, byte fallback, identity normalisation, dummy prefix.
-        spm.SentencePieceTrainer.train(
-            input=corpus, model_prefix=prefix, model_type="bpe", vocab_size=640, hard_vocab_limit=False,
-            unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, split_digits=True,
-            character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
-            add_dummy_prefix=True, allow_whitespace_only_pieces=True, num_threads=1,
-            shuffle_input_sentence=False, seed_sentencepiece_size=100000, minloglevel=2,
-        )
-        shutil.copy(prefix + ".model", os.path.join(out_dir, "tokenizer.model"))
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(out_dir, "tokenizer.model"))
+    # Trained from memory into memory: a corpus file or model prefix would be stored, path and all, in the
+    # model's trainer spec, and the tokenizer.model bytes would then depend on the temporary folder's name.
+    model = io.BytesIO()
+    # Llama's layout: <unk>=0, <s>=1, </s>=2, byte fallback, identity normalisation, dummy prefix.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_corpus()), model_writer=model, model_type="bpe", vocab_size=640,
+        hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, split_digits=True,
+        character_coverage=1.0, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, allow_whitespace_only_pieces=True, num_threads=1,
+        shuffle_input_sentence=False, seed_sentencepiece_size=100000, minloglevel=2,
+    )
+    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+        f.write(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
         "unk_token": "<unk>", "pad_token": "<unk>", "clean_up_tokenization_spaces": False, "legacy": False,
@@ -88,14 +95,29 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, nu
                    layer_norm_eps=1e-5, num_channels=3)
 
 
+def tower_state_dict(tower) -> dict[str, torch.Tensor]:
+    """The tower's weights under CLIPVisionModel's `vision_model.*` names, the layout of
+    openai/clip-vit-large-patch14-336.
+
+    transformers 5's CLIPVisionModel has no `vision_model` level and saves its keys without the prefix;
+    transformers 4.x (official LLaVA runs 4.37) matches none of those and silently initialises the tower at
+    random. transformers 5 reads the prefixed layout too (it strips the prefix on load), so both read this one.
+    """
+    return {k if k.startswith("vision_model.") else "vision_model." + k: t.contiguous()
+            for k, t in tower.state_dict().items()}
+
+
 def _make_tower(out_dir: str, seed: int):
+    from safetensors.torch import save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
     torch.manual_seed(seed + 1)
     tower = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
-    tower.save_pretrained(out_dir)
+    tower.config.architectures = ["CLIPVisionModel"]
+    tower.config.save_pretrained(out_dir)
+    save_file(tower_state_dict(tower), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     clip_image_processor_class()(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -180,12 +202,19 @@ def _hf_state(llava_sd: dict, tower, layout: str, vocab_padded: int) -> dict[str
         else:
             k = lm + k[len("model."):]
         out[k] = t
-    for k, t in tower.state_dict().items():
+    for k, t in tower_state_dict(tower).items():  # vision_tower.vision_model.*, as in llava-hf's checkpoints
         out[vis + k] = t
     return out
 
 
-def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new") -> str:
+def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new",
+          absolute_tower: bool = False) -> str:
+    """Write the checkpoint to `out`; the same arguments give the same bytes, whatever the folder.
+
+    `mm_vision_tower` names the tower folder relative to the checkpoint, which our loader resolves and which
+    survives copying the checkpoint. Official LLaVA resolves it against the working directory instead;
+    `absolute_tower` writes the tower's absolute path for it (the checkpoint is then tied to `out`).
+    """
     if fmt not in ("llava", "hf"):
         raise ValueError(f"--format must be 'llava' or 'hf', got {fmt!r}")
     os.makedirs(out, exist_ok=True)
@@ -199,9 +228,11 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048})
     if fmt == "llava":
         config = {
-            "_name_or_path": os.path.basename(os.path.abspath(out)), "architectures": ["LlavaLlamaForCausalLM"],
+            # A fixed name, not the output folder's, so that the bytes do not depend on where it is built.
+            "_name_or_path": "llava-v1.5-tiny", "architectures": ["LlavaLlamaForCausalLM"],
             "model_type": "llava", **text, "max_length": 2048, "torch_dtype": "float32",
-            "mm_vision_tower": TOWER_DIR, "mm_hidden_size": TINY_VISION["hidden_size"],
+            "mm_vision_tower": os.path.abspath(tower_dir) if absolute_tower else TOWER_DIR,
+            "mm_hidden_size": TINY_VISION["hidden_size"],
             "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
             "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
             "use_mm_proj": True, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
@@ -213,7 +244,8 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     # transformers' format: <image> and <pad> added to the tokenizer, the tower inside the weights.
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(out)
+    # local_files_only is stored in tokenizer_config.json; left unset it would follow HF_HUB_OFFLINE.
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     tok.add_tokens(["<image>"], special_tokens=True)
     tok.add_special_tokens({"pad_token": "<pad>"})
     tok.save_pretrained(out)
@@ -242,8 +274,10 @@ def main(argv=None) -> None:
     ap.add_argument("--weights", default="safetensors", choices=["safetensors", "bin"])
     ap.add_argument("--hf-layout", default="new", choices=["new", "old"],
                     help="key layout of hf-format weights (transformers >= 4.52 is 'new')")
+    ap.add_argument("--absolute-tower-path", action="store_true",
+                    help="write mm_vision_tower as an absolute path, for official LLaVA run from any folder")
     args = ap.parse_args(argv)
-    path = build(args.out, args.format, args.seed, args.weights, args.hf_layout)
+    path = build(args.out, args.format, args.seed, args.weights, args.hf_layout, args.absolute_tower_path)
     print(f"tiny {args.format} checkpoint written to {path}")
 
 

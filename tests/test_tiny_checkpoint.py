@@ -1,0 +1,105 @@
+"""The tiny checkpoints are readable by official LLaVA's transformers (4.37) as well as here, and deterministic."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from llava.model.builder import load_pretrained_model
+from llava.tools.make_tiny_checkpoint import TOWER_DIR, build
+
+
+def _keys(path):
+    with safe_open(path, "pt") as f:
+        return list(f.keys())
+
+
+def test_tower_is_saved_in_clip_vision_model_layout(tiny_llava, loaded_tiny):
+    """openai/clip-vit-large-patch14-336's `vision_model.*` names, which transformers 4.x needs (without them it
+    initialises the tower at random) and which transformers 5 reads too."""
+    from transformers import CLIPVisionModel
+
+    tower_dir = os.path.join(tiny_llava, TOWER_DIR)
+    keys = _keys(os.path.join(tower_dir, "model.safetensors"))
+    assert keys and all(k.startswith("vision_model.") for k in keys)
+    ref, info = CLIPVisionModel.from_pretrained(tower_dir, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    ours = loaded_tiny[1].get_vision_tower()
+    assert ref.state_dict().keys() == ours.vision_tower.state_dict().keys()
+    assert all(torch.equal(t, ours.vision_tower.state_dict()[k]) for k, t in ref.state_dict().items())
+    pixels = torch.randn(2, 3, 336, 336, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ref.eval()(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+    assert torch.allclose(ours(pixels), expected, atol=1e-6)
+
+
+def test_hf_format_tower_keys_and_the_unprefixed_layout(tmp_path, tiny_hf):
+    """hf-format weights name the tower `model.vision_tower.vision_model.*` as llava-hf's checkpoints do; weights
+    without the `vision_model.` level (tiny checkpoints from before) still load to the same model."""
+    shards = [os.path.join(tiny_hf, f) for f in sorted(os.listdir(tiny_hf)) if f.endswith(".safetensors")]
+    tower_keys = [k for s in shards for k in _keys(s) if "vision_tower" in k]
+    assert tower_keys and all(k.startswith("model.vision_tower.vision_model.") for k in tower_keys)
+
+    flat = shutil.copytree(tiny_hf, tmp_path / "flat")
+    for shard in shards:
+        state = load_file(shard)
+        state = {k.replace("model.vision_tower.vision_model.", "model.vision_tower."): t for k, t in state.items()}
+        save_file(state, str(flat / os.path.basename(shard)), metadata={"format": "pt"})
+    index_file = flat / "model.safetensors.index.json"
+    index = json.loads(index_file.read_text())
+    index["weight_map"] = {k.replace(".vision_model.", "."): v for k, v in index["weight_map"].items()}
+    index_file.write_text(json.dumps(index))
+    _, a, _, _ = load_pretrained_model(tiny_hf, device="cpu")
+    _, b, _, _ = load_pretrained_model(str(flat), device="cpu")
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _digests(folder) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.mark.parametrize("fmt", ["llava", "hf"])
+def test_builds_are_byte_for_byte_identical(tmp_path, fmt, tiny_llava, tiny_hf):
+    first = tiny_llava if fmt == "llava" else tiny_hf
+    again = build(str(tmp_path / "elsewhere" / "another-name"), fmt, seed=0)
+    digests = _digests(first)
+    assert "tokenizer.model" in digests and len(digests) >= 9
+    assert _digests(again) == digests
+
+
+def test_tokenizer_model_stores_no_build_path(tiny_llava):
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    with open(os.path.join(tiny_llava, "tokenizer.model"), "rb") as f:
+        spec = pb.ModelProto.FromString(f.read()).trainer_spec
+    assert list(spec.input) == [] and spec.model_prefix == ""
+
+
+def test_tower_is_found_next_to_the_config(tmp_path, tiny_llava, monkeypatch):
+    """A relative mm_vision_tower is the checkpoint's own folder, even when the working directory holds one
+    of the same name (official LLaVA would take that one: see docs/Evaluation.md)."""
+    decoy = tmp_path / "cwd" / TOWER_DIR
+    decoy.mkdir(parents=True)
+    (decoy / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path / "cwd")
+    _, model, _, _ = load_pretrained_model(tiny_llava, device="cpu")
+    assert model.config.mm_vision_tower == os.path.join(tiny_llava, TOWER_DIR)
+
+
+def test_absolute_tower_path(tmp_path):
+    out = build(str(tmp_path / "abs"), "llava", absolute_tower=True)
+    with open(os.path.join(out, "config.json")) as f:
+        tower = json.load(f)["mm_vision_tower"]
+    assert os.path.isabs(tower) and os.path.samefile(tower, os.path.join(out, TOWER_DIR))
