@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from typing import Any
 
 from entropyprune import budget
+from entropyprune.options import build_options, options_to_dict
 
 STATES = ("query", "key")
 VARIANTS = ("paper", "official")
@@ -21,6 +23,7 @@ FLAGS = {
     "states": "--prune-states",
     "variant": "--entropy-variant",
     "seed": "--prune-seed",
+    "options": "--prune-option",
 }
 
 _BUDGETS = budget.BUDGETS
@@ -61,6 +64,7 @@ class PruneConfig:
     states: str = "query"
     variant: str = "official"
     seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -88,6 +92,33 @@ class PruneConfig:
             )
         if not _is_int(self.seed):
             raise ValueError(f"{FLAGS['seed']} must be an integer, got {self.seed!r}")
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of NAME: VALUE, got {type(self.options).__name__}")
+        # Parsed and checked here, so a bad option fails before any model is loaded; stored normalised.
+        self.options = options_to_dict(self.method_options())
+
+    def method_options(self) -> Any:
+        """The method's options dataclass with this config's values (None for a method without options)."""
+        from entropyprune.methods import get_spec
+
+        return build_options(self.method, get_spec(self.method).options, self.options)
+
+    def schedule(self, num_layers: int, num_visual: int) -> list:
+        """The stages ``[Stage(layer, keep, merged), ...]`` for an L-layer model and V tokens per image.
+
+        Single-stage methods: one stage at layer K keeping :meth:`resolve`'s N. Multi-stage methods
+        (PDrop, SparseVLM) turn the budget into their schedule by their documented rule.
+        """
+        from entropyprune.methods import Stage, get_spec
+
+        spec = get_spec(self.method)
+        if spec.schedule is None:
+            return [Stage(self.layer, self.resolve(num_layers, num_visual))]
+        if not (_is_int(num_layers) and num_layers >= 2):
+            raise ValueError(f"num_layers must be an integer >= 2, got {num_layers!r}")
+        stages = spec.schedule(self, self.method_options(), num_layers, num_visual)
+        check_stages(stages, num_layers, num_visual)
+        return stages
 
     @property
     def stage(self) -> str:
@@ -130,9 +161,17 @@ class PruneConfig:
         k = self._check_layer(num_layers)
         return float(budget.avg_tokens_equivalent(n_keep, num_layers, k, num_visual))
 
+    def schedule_average(self, num_layers: int, num_visual: int) -> float:
+        """Visual tokens per layer averaged over all L layers under :meth:`schedule` (merged ones count)."""
+        return float(stages_average(self.schedule(num_layers, num_visual), num_layers, num_visual))
+
     # ------------------------------------------------------------------ records
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not out["options"]:
+            del out["options"]  # methods without options keep the records they always had
+        return out
+
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
@@ -148,8 +187,34 @@ class PruneConfig:
         if num_layers is None or num_visual is None or self.layer == AUTO_LAYER:
             name = next(name for name in _BUDGETS if getattr(self, name) is not None)
             return f"{head} {name}={getattr(self, name)}"
-        n = self.resolve(num_layers, num_visual)
-        avg = self.avg_tokens
-        if avg is None:
-            avg = self.avg_tokens_equivalent(n, num_layers, num_visual)
-        return f"{head} keep={n} (avg {float(avg):.4g})"
+        stages = self.schedule(num_layers, num_visual)
+        avg = float(stages_average(stages, num_layers, num_visual))
+        if len(stages) == 1 and not stages[0].merged:
+            asked = self.avg_tokens if self.avg_tokens is not None else avg  # the budget as given, if it was one
+            return f"{head} keep={stages[0].keep} (avg {float(asked):.4g})"
+        keeps = "/".join(f"{st.out}@{st.layer}" for st in stages)
+        return f"{self.method} keep={keeps} (avg {avg:.4g})"
+
+
+def check_stages(stages: list, num_layers: int, num_visual: int) -> None:
+    """Stages must have increasing layers in [1, L-1] and keep between 1 and what the previous one left."""
+    if not stages:
+        raise ValueError("a schedule needs at least one stage")
+    tokens, last = num_visual, 0
+    for st in stages:
+        if not last < st.layer <= num_layers - 1:
+            layers = [s.layer for s in stages]
+            raise ValueError(f"stage layers must increase within [1, {num_layers - 1}]; got {layers}")
+        if not 1 <= st.keep <= tokens:
+            raise ValueError(f"a stage at layer {st.layer} cannot keep {st.keep} of {tokens} visual tokens")
+        tokens, last = st.out, st.layer
+
+
+def stages_average(stages: list, num_layers: int, num_visual: int) -> Fraction:
+    """Visual tokens per layer averaged over all L layers: V before the first stage, then each stage's out."""
+    total, tokens, start = 0, num_visual, 0
+    for st in stages:
+        total += (st.layer - start) * tokens
+        tokens, start = st.out, st.layer
+    total += (num_layers - start) * tokens
+    return Fraction(total, num_layers)

@@ -1,113 +1,261 @@
-"""The pruning hook that the language model calls at layer K during prefill.
+"""The pruning hook that the language model calls before each pruning layer during prefill.
 
 `PruneHook` is built before the layer loop from the splice record (where each image's tokens sit, in
-python ints), so the new token layout is planned on the host. At layer K it only runs device work: gather
-each image's states from layer K-1, ask the configured method which tokens to keep, and gather the kept
-hidden states and their original (gapped) position ids. No host-device synchronisation happens there.
+python ints) and the method's schedule of stages, so every stage's token layout is planned on the host:
+which slots survive, where kept and merged tokens go, which rows end up padded, the positions. At a
+stage's layer it only runs device work: ask the method which tokens to keep (one call per group of
+images with the same token count), gather the kept hidden states and their position ids, and write any
+replacement or merged embeddings. No host-device synchronisation happens there.
 
 Only visual tokens are pruned; system and text tokens always stay, in their original order. Each image is
-pruned on its own to N tokens. Rows keep the padding side of the splice (left for generation).
+pruned on its own. Rows keep the padding side of the splice (left for generation). Kept tokens keep their
+original (gapped) position ids, or, for methods whose official code renumbers (PDrop, SparseVLM), get
+contiguous ones; then every later layer's cache remembers the offset, so decoding continues as the
+official code does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from entropyprune.config import PruneConfig
-from entropyprune.methods import PruneInputs, get_method
+from entropyprune.inputs import PruneInputs, StageContext
+from entropyprune.methods import Stage, as_selection, get_spec
 
 
 @dataclass
 class PruneRecord:
-    """What was pruned for one image of one batch row (read by tests, the ECL tool and the efficiency tool)."""
+    """One stage of one image of one batch row (read by tests, the ECL tool, reports and benchmarks)."""
 
-    layer: int
+    layer: int  # the stage ran before this decoder layer
     start: int  # where the image's tokens began in the (padded) prefill sequence
-    length: int  # visual tokens before pruning
-    kept: torch.Tensor  # ascending LongTensor, relative to the span
-    scores: torch.Tensor  # one float per visual token
+    length: int  # the image's visual tokens before any pruning
+    kept: torch.Tensor  # [keep] index of each kept token in the original span, slot order; -1: a merged token
+    scores: torch.Tensor  # one float per token the stage saw (its input: earlier stages' survivors)
+    merged: int = 0  # tokens the method merged and placed after the kept ones at this stage
 
 
-def _host_tensor(values: list[int]) -> torch.Tensor:
-    t = torch.tensor(values, dtype=torch.long)
+def _host(values) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.long)
+    # Pinned host memory makes the copies at layer K asynchronous: no wait inside the layer loop.
     return t.pin_memory() if torch.cuda.is_available() else t
 
 
-def check_prune_config(cfg: PruneConfig, model_config, num_visual: int | None = None) -> int:
-    """Validate `cfg` against the model; returns N kept per image for `num_visual` tokens (576 by default)."""
+def check_prune_config(cfg: PruneConfig, model_config, num_visual: int | None = None) -> list[Stage]:
+    """Validate `cfg` against the model; returns the stages for `num_visual` tokens per image (576 by default)."""
     if not isinstance(cfg, PruneConfig):
         raise TypeError(f"expected a PruneConfig or None, got {type(cfg).__name__}")
     if cfg.stage != "llm":
         raise NotImplementedError(f"method {cfg.method!r} prunes before the language model; not wired in yet")
-    return cfg.resolve(model_config.num_hidden_layers, num_visual or 576)
+    return cfg.schedule(model_config.num_hidden_layers, num_visual or 576)
+
+
+@dataclass
+class _Group:
+    """Images with the same original token count: the same schedule, one method call per stage."""
+
+    members: list  # (row, image index in the row)
+    stages: list  # [Stage]
+    original: list = field(default_factory=list)  # per stage: [I, v] device tensor of original indices
+
+
+@dataclass
+class _StagePlan:
+    layer: int
+    index: torch.Tensor  # [B, T_new] source slot of every new slot (kept image slots filled at run time)
+    valid: torch.Tensor  # [B, T_new]
+    positions: torch.Tensor | None  # [B, T_new] renumbered position ids, or None to gather the old ones
+    padded: bool  # any row shorter than T_new after the stage
+    offset: torch.Tensor | None  # [B] original next position minus the renumbered one (renumber only)
+    last_slot: torch.Tensor  # [B] in the layout before the stage
+    text_slots: torch.Tensor  # [B, Lt]
+    text_mask: torch.Tensor  # [B, Lt]
+    groups: list  # per group: (rows, current first slot, new first slot) host tensors
 
 
 class PruneHook:
     def __init__(self, cfg: PruneConfig, splice, model_config, trace: list | None = None):
         self.cfg = cfg
-        self.layer = cfg.layer
-        self.method = get_method(cfg.method)
+        spec = get_spec(cfg.method)
+        self.method = spec.fn
+        self.options = cfg.method_options()
+        self.renumber = (spec.positions(self.options) if spec.positions else "keep") == "renumber"
         num_layers = model_config.num_hidden_layers
         self.trace = trace if trace is not None else []
         self.trace.clear()
-
-        t = splice.inputs_embeds.shape[1]
-        left = splice.padding_side == "left"
-        rows_src = []  # per row: the source position of each slot of the new (pruned) row
-        images = []  # (row, start, V, N, first slot in the unpadded new row)
-        for b, (spans, n_real) in enumerate(zip(splice.image_spans, splice.lengths, strict=True)):
-            off = t - n_real if left else 0
-            src, cursor = [], off
-            for start, v in spans:
-                n = cfg.resolve(num_layers, v)
-                src.extend(range(cursor, start))
-                images.append((b, start, v, n, len(src)))
-                src.extend([start] * n)  # placeholders, filled with the kept positions at layer K
-                cursor = start + v
-            src.extend(range(cursor, off + n_real))
-            rows_src.append(src)
-        new_t = max(len(src) for src in rows_src)
-        # Rows keep the splice's padding side: left padding shifts a row's slots by its padding.
-        shift = [new_t - len(src) if left else 0 for src in rows_src]
-        index = torch.zeros(len(rows_src), new_t, dtype=torch.long)
-        valid = torch.zeros(len(rows_src), new_t, dtype=torch.bool)
-        for b, src in enumerate(rows_src):
-            index[b, shift[b]:shift[b] + len(src)] = torch.tensor(src, dtype=torch.long)
-            valid[b, shift[b]:shift[b] + len(src)] = True
-        self.padded = any(len(src) < new_t for src in rows_src)
-        if torch.cuda.is_available():
-            # Pinned host memory makes the copies at layer K asynchronous: no wait inside the layer loop.
-            index, valid = index.pin_memory(), valid.pin_memory()
-        self.index, self.valid = index, valid
-        # Images sharing (V, N) are scored in one batched call. Their index tensors are built here, on the
-        # host, so that layer K only issues non-blocking copies.
-        self.groups: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-        for b, start, v, n, slot in images:
-            self.groups.setdefault((v, n), []).append((b, start, slot + shift[b]))
-        self.group_index = {
-            key: tuple(_host_tensor([m[j] for m in members]) for j in range(3)) for key, members in self.groups.items()
-        }
         self.image_spans = splice.image_spans
+        self.splice_embeds = splice.inputs_embeds
+        left = splice.padding_side == "left"
+        t0 = splice.inputs_embeds.shape[1]
+        prompt_lengths = getattr(splice, "prompt_lengths", None) or splice.lengths
+        tails = [n - p for n, p in zip(splice.lengths, prompt_lengths, strict=True)]  # generated tokens after
 
-    def __call__(self, hidden, position_ids, valid, capture: dict):
+        # Groups of images by original size, each with its schedule.
+        by_size: dict[int, _Group] = {}
+        for b, spans in enumerate(splice.image_spans):
+            for j, (_start, v) in enumerate(spans):
+                if v not in by_size:
+                    by_size[v] = _Group([], cfg.schedule(num_layers, v))
+                by_size[v].members.append((b, j))
+        self.groups = list(by_size.values())
+        layers = sorted({s.layer for g in self.groups for s in g.stages})
+        for g in self.groups:
+            if [s.layer for s in g.stages] != layers:
+                raise ValueError("every image must be pruned at the same layers")
+        self.layers = layers
+        self._stage_of_layer = {k: i for i, k in enumerate(layers)}
+
+        # Each row as pieces: ("text", first source slot, count) or ("image", group, member, count).
+        member_of = {m: (gi, mi) for gi, g in enumerate(self.groups) for mi, m in enumerate(g.members)}
+        rows = []
+        for b, (spans, n_real) in enumerate(zip(splice.image_spans, splice.lengths, strict=True)):
+            off = t0 - n_real if left else 0
+            pieces, cursor = [], off
+            for j, (start, v) in enumerate(spans):
+                if start > cursor:
+                    pieces.append(["text", start - cursor])
+                pieces.append(["image", *member_of[(b, j)], v])
+                cursor = start + v
+            if off + n_real > cursor:
+                pieces.append(["text", off + n_real - cursor])
+            rows.append(pieces)
+        self.orig_text = self._text_slots(rows, [t0 - n if left else 0 for n in splice.lengths], tails)
+
+        self.plans: list[_StagePlan] = []
+        cur_t = t0
+        cur_shift = [t0 - n if left else 0 for n in splice.lengths]
+        for s, layer in enumerate(layers):
+            lengths = [sum(p[-1] for p in pieces) for pieces in rows]
+            last = [cur_shift[b] + lengths[b] - 1 - tails[b] for b in range(len(rows))]
+            text_slots, text_mask = self._text_slots(rows, cur_shift, tails)
+            new_rows = [[p[:-1] + [self.groups[p[1]].stages[s].out] if p[0] == "image" else list(p) for p in pieces]
+                        for pieces in rows]
+            new_lengths = [sum(p[-1] for p in pieces) for pieces in new_rows]
+            new_t = max(new_lengths)
+            new_shift = [new_t - n if left else 0 for n in new_lengths]
+            index = torch.zeros(len(rows), new_t, dtype=torch.long)
+            valid = torch.zeros(len(rows), new_t, dtype=torch.bool)
+            cur_first = {}
+            new_first = {}
+            for b, (pieces, new_pieces) in enumerate(zip(rows, new_rows, strict=True)):
+                src, dst = cur_shift[b], new_shift[b]
+                for p, q in zip(pieces, new_pieces, strict=True):
+                    if p[0] == "text":
+                        index[b, dst:dst + p[-1]] = torch.arange(src, src + p[-1])
+                    else:
+                        cur_first[(p[1], p[2])] = src
+                        new_first[(p[1], p[2])] = dst
+                    src += p[-1]
+                    dst += q[-1]
+                valid[b, new_shift[b]:new_shift[b] + new_lengths[b]] = True
+            positions = offset = None
+            if self.renumber:
+                positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+                offset = torch.tensor([lengths[b] - new_lengths[b] for b in range(len(rows))], dtype=torch.long)
+                # Offsets add up over stages: relative to the original numbering, not the previous stage.
+                if self.plans:
+                    offset = offset + self.plans[-1].offset
+            groups = []
+            for gi, g in enumerate(self.groups):
+                keys = [(gi, mi) for mi in range(len(g.members))]
+                groups.append((_host([g.members[mi][0] for _, mi in keys]), _host([cur_first[k] for k in keys]),
+                               _host([new_first[k] for k in keys])))
+            pin = torch.cuda.is_available()
+            self.plans.append(_StagePlan(
+                layer, index.pin_memory() if pin else index, valid.pin_memory() if pin else valid,
+                None if positions is None else (positions.pin_memory() if pin else positions),
+                any(n < new_t for n in new_lengths), offset, _host(last), text_slots, text_mask, groups))
+            rows, cur_t, cur_shift = new_rows, new_t, new_shift
+        del cur_t
+        self.padded_after = {p.layer: p.padded for p in self.plans}
+        self._records: dict = {}
+
+    @staticmethod
+    def _text_slots(rows, shifts, tails):
+        """The instruction of each row: its text after the last image, up to the end of the prompt."""
+        out = []
+        for b, pieces in enumerate(rows):
+            cursor, after = shifts[b], None
+            for p in pieces:
+                if p[0] == "image":
+                    after = cursor + p[-1]
+                cursor += p[-1]
+            end = cursor - tails[b]
+            out.append(list(range(after, end)) if after is not None else [])
+        width = max(1, max(len(s) for s in out))
+        slots = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)
+        for b, s in enumerate(out):
+            slots[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[b, : len(s)] = True
+        return _host(slots), (mask.pin_memory() if torch.cuda.is_available() else mask)
+
+    def offset(self, layer: int):
+        """Position offset of the cache segment that starts at `layer` (renumbering methods), or None."""
+        return self.plans[self._stage_of_layer[layer]].offset
+
+    def __call__(self, layer: int, hidden, position_ids, valid, capture: dict, model=None):
+        s = self._stage_of_layer[layer]
+        plan = self.plans[s]
         device = hidden.device
-        states_all = capture[self.cfg.states]  # [B, h, T, d_h], post-RoPE, from layer K-1
+
+        def dev(x):
+            return x.to(device, non_blocking=True)
+
+        text_slots, text_mask = plan.text_slots, plan.text_mask
+        ctx = StageContext(layer, hidden, capture, position_ids, valid, dev(plan.last_slot), dev(text_slots),
+                           dev(text_mask), model, self.splice_embeds, dev(self.orig_text[0]))
+        ctx.text_mask_original = dev(self.orig_text[1])
         # A copy: the kept positions are written into it, and the plan itself stays as built.
-        index = self.index.to(device, non_blocking=True, copy=True)
-        records = {}
-        for (v, n), members in self.groups.items():
-            rows, starts, slots = (x.to(device, non_blocking=True) for x in self.group_index[(v, n)])
-            span = starts[:, None] + torch.arange(v, device=device)[None]  # [I, V]
-            states = states_all[rows[:, None], :, span]  # [I, V, h, d_h]
-            inputs = PruneInputs(states=states, hidden=hidden[rows[:, None], span], num_heads=states.shape[2],
-                                 config=self.cfg)
-            kept, scores = self.method(inputs, n)
-            index[rows[:, None], slots[:, None] + torch.arange(n, device=device)[None]] = starts[:, None] + kept
-            for i, (b, start, _slot) in enumerate(members):
-                records[(b, start)] = PruneRecord(self.layer, start, v, kept[i], scores[i])
-        self.trace[:] = [[records[(b, s)] for s, _v in spans] for b, spans in enumerate(self.image_spans)]
+        index = plan.index.to(device, non_blocking=True, copy=True)
+        work = []
+        for g, (rows, cur_first, new_first) in zip(self.groups, plan.groups, strict=True):
+            stage = g.stages[s]
+            v = stage_in = (g.stages[s - 1].out if s else self.image_spans[g.members[0][0]][g.members[0][1]][1])
+            rows, cur_first, new_first = dev(rows), dev(cur_first), dev(new_first)
+            slots = cur_first[:, None] + torch.arange(v, device=device)[None]
+            if s == 0:
+                original = torch.arange(v, device=device)[None].expand(len(g.members), -1)
+            else:
+                original = g.original[s - 1]
+            inputs = PruneInputs(config=self.cfg, options=self.options, context=ctx, rows=rows, slots=slots,
+                                 original=original)
+            ctx.groups.append(inputs)
+            work.append((g, stage, stage_in, rows, cur_first, new_first, inputs))
+        writes = []
+        for g, stage, _v, rows, cur_first, new_first, inputs in work:
+            sel = as_selection(self.method(inputs, stage.keep))
+            kept = sel.kept
+            new_slots = new_first[:, None] + torch.arange(stage.keep, device=device)[None]
+            index[rows[:, None], new_slots] = cur_first[:, None] + kept
+            if sel.embeds is not None:
+                writes.append((rows, new_slots, sel.embeds))
+            original = inputs.original.gather(1, kept)
+            if stage.merged:
+                if sel.merged is None or sel.merged.shape[1] != stage.merged:
+                    raise RuntimeError(f"method {self.cfg.method!r} must return {stage.merged} merged tokens")
+                merged_slots = new_first[:, None] + stage.keep + torch.arange(stage.merged, device=device)[None]
+                writes.append((rows, merged_slots, sel.merged))
+                original = torch.cat([original, original.new_full((len(g.members), stage.merged), -1)], dim=1)
+            if len(g.original) > s:
+                g.original[s] = original
+            else:
+                g.original.append(original)
+            for i, (b, j) in enumerate(g.members):
+                start = self.image_spans[b][j][0]
+                self._records.setdefault((b, j), []).append(
+                    PruneRecord(layer, start, self.image_spans[b][j][1], original[i, : stage.keep], sel.scores[i],
+                                stage.merged))
         new_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
-        new_pos = position_ids.gather(1, index)
-        return new_hidden, new_pos, self.valid.to(device, non_blocking=True)
+        for rows, slots, values in writes:
+            new_hidden[rows[:, None], slots] = values.to(new_hidden.dtype)
+        if plan.positions is not None:
+            new_pos = dev(plan.positions)
+        else:
+            new_pos = position_ids.gather(1, index)
+        if s == len(self.plans) - 1:
+            self.trace[:] = [[self._records[(b, j)] for j in range(len(spans))]
+                             for b, spans in enumerate(self.image_spans)]
+        return new_hidden, new_pos, dev(plan.valid)

@@ -150,4 +150,4 @@ def test_vision_stage_methods_use_layer_zero():
             PruneConfig(method=name, layer=2, keep=10).resolve(L, V)
     finally:
         METHODS.pop(name)
-        STAGES.pop(name)
+    assert name not in STAGES

@@ -104,7 +104,7 @@ def test_loader_mme_format_prompt_and_sidecar(tiny_llava, tiny, demo, tmp_path, 
     assert prompts == [f"{SYSTEM} USER: <image>\nIs there a dog in this image?\n"
                        "Answer the question using a single word or phrase. ASSISTANT:"]
     trace = tiny[1].get_model().prune_trace
-    assert trace[0][0].layer == 2 and trace[0][0].kept.numel() == 166
+    assert trace[0][0][0].layer == 2 and trace[0][0][0].kept.numel() == 166
 
     meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())
     assert meta["complete"] is True and meta["answers"] == 1 and meta["questions"] == 1

@@ -53,11 +53,18 @@ def test_top_n_rejects_bad_n():
 
 
 def test_registry_has_one_signature():
-    assert {"entropy", "random"} <= set(available_methods())
+    assert {"entropy", "random", "fastv"} <= set(available_methods())
     for name in available_methods():
         fn = get_method(name)
         assert list(inspect.signature(fn).parameters) == ["inputs", "n_keep"]
         assert method_stage(name) in ("llm", "vision")
+
+
+@pytest.mark.parametrize("name", ["entropy", "random"])
+def test_methods_that_read_only_image_states_run_on_plain_tensors(name):
+    # (Methods that read more than the image tokens' states run on the model: tests/test_baselines.py.)
+    fn = get_method(name)
+    if True:
         inputs = make_inputs(method=name)
         kept, scores = fn(inputs, 10)
         assert kept.shape == (2, 10) and kept.dtype == torch.int64
@@ -100,5 +107,8 @@ def test_random_is_deterministic_per_seed_and_differs_across_seeds():
     assert torch.equal(kept, again[0]) and torch.equal(scores, again[1])
     other = fn(make_inputs(method="random", seed=1), 10)
     assert not torch.equal(kept, other[0])
-    assert not torch.equal(kept[0], kept[1])  # the images of a group get different draws
+    # Each image's draw depends on the seed and its size only, never on the rest of the batch.
+    assert torch.equal(kept[0], kept[1])
+    alone = fn(make_inputs(method="random", seed=0, images=1), 10)
+    assert torch.equal(alone[0][0], kept[0])
     assert torch.equal(kept, top_n(scores, 10))

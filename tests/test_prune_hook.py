@@ -82,7 +82,7 @@ def test_keep_all_equals_unpruned(loaded_tiny):
     full = model(ids, images=px).logits
     assert full.shape == base.shape
     assert (full - base).abs().max() <= 1e-5
-    assert model.get_model().prune_trace[0][0].kept.tolist() == list(range(576))
+    assert model.get_model().prune_trace[0][0][0].kept.tolist() == list(range(576))
 
 
 def test_kept_tokens_are_top_entropy_of_layer_k_minus_1_queries(loaded_tiny):
@@ -97,7 +97,7 @@ def test_kept_tokens_are_top_entropy_of_layer_k_minus_1_queries(loaded_tiny):
             captured.clear()
             model.set_prune(PruneConfig(layer=K, keep=100, variant=variant))
             model(ids, images=px)
-            rec = model.get_model().prune_trace[0][0]
+            rec = model.get_model().prune_trace[0][0][0]
             q = captured["q"][0]  # [T, h*d], the full prefill (layer K-1 still sees every token)
             h = model.config.num_attention_heads
             qh = q.view(q.shape[0], h, -1).transpose(0, 1)
@@ -118,7 +118,7 @@ def test_pruned_decoding_equals_reference_recomputation(loaded_tiny, keep):
     ids, px = _inputs(loaded_tiny, "Describe the picture.", seed=7)
     model.set_prune(PruneConfig(layer=K, keep=keep))
     out = model.generate(ids, images=px, max_new_tokens=6)[0]
-    rec = model.get_model().prune_trace[0][0]
+    rec = model.get_model().prune_trace[0][0][0]
     embeds = model.splice_multimodal(ids, px).inputs_embeds[0]
     t = embeds.shape[0]
     kept_abs = torch.cat([torch.arange(rec.start), rec.start + rec.kept, torch.arange(rec.start + rec.length, t)])
@@ -146,7 +146,7 @@ def test_two_images_each_pruned_to_n(loaded_tiny):
     t = model(ids, images=px).logits.shape[1]
     model.set_prune(PruneConfig(layer=K, keep=50))
     logits = model(ids, images=px).logits
-    recs = model.get_model().prune_trace[0]
+    recs = [stages[0] for stages in model.get_model().prune_trace[0]]
     assert [r.length for r in recs] == [576, 576] and [r.kept.numel() for r in recs] == [50, 50]
     marks = [i for i, t in enumerate(ids[0].tolist()) if t == -200]
     between = marks[1] - marks[0] - 1  # text tokens between the two images ("▁", "\n")
@@ -173,7 +173,7 @@ def test_padded_batch_equals_single_prompts_with_pruning(loaded_tiny):
     for i, x in enumerate(ids):
         alone = model.generate(x[None], images=px[i:i + 1], max_new_tokens=8)
         assert together[i, : alone.shape[1]].tolist() == alone[0].tolist()
-        assert model.get_model().prune_trace[0][0].kept.tolist() == trace_together[i][0].kept.tolist()
+        assert model.get_model().prune_trace[0][0][0].kept.tolist() == trace_together[i][0][0].kept.tolist()
 
 
 def test_text_only_prompt_is_not_pruned(loaded_tiny):
@@ -195,7 +195,7 @@ def test_eager_and_sdpa_prune_alike(loaded_tiny):
         for impl in ("sdpa", "eager"):
             model.model.set_attn_implementation(impl)
             tokens = model.generate(ids, images=px, max_new_tokens=6)
-            outs[impl] = (tokens.tolist(), model.get_model().prune_trace[0][0].kept.tolist())
+            outs[impl] = (tokens.tolist(), model.get_model().prune_trace[0][0][0].kept.tolist())
     finally:
         model.model.set_attn_implementation("sdpa")
     assert outs["sdpa"] == outs["eager"]
@@ -225,7 +225,7 @@ def test_batch_mixing_image_and_text_only_rows(loaded_tiny):
     px = process_images([make_image(seed=21)], proc, model.config)
     together = model.generate(batch, images=px, attention_mask=mask, max_new_tokens=6)
     trace = model.get_model().prune_trace
-    assert [len(row) for row in trace] == [1, 0] and trace[0][0].kept.numel() == 40
+    assert [len(row) for row in trace] == [1, 0] and trace[0][0][0].kept.numel() == 40
     alone_a = model.generate(a[None], images=px, max_new_tokens=6)
     alone_b = model.generate(b[None], max_new_tokens=6)
     assert together[0, : alone_a.shape[1]].tolist() == alone_a[0].tolist()

@@ -1,23 +1,37 @@
-"""The registry of visual-token selection rules: one signature for every method.
+"""The registry of visual-token pruning methods: one signature for every method.
 
-A method is ``fn(inputs: PruneInputs, n_keep: int) -> (kept, scores)``:
+A method is ``fn(inputs: PruneInputs, n_keep: int) -> Selection`` (or the pair ``(kept, scores)``):
 
-* ``kept``: LongTensor ``[I, n_keep]``, ascending indices relative to each image's span;
-* ``scores``: float32 ``[I, V]``, the per-token values that explain the choice (for methods that do
-  not rank by a score, any per-token float that does).
+* ``kept``: LongTensor ``[I, n_keep]``, ascending indices into each image's current tokens;
+* ``scores``: float ``[I, V]``, the per-token values that explain the choice (any per-token float for
+  methods that do not rank by a score);
+* optionally ``embeds`` ``[I, n_keep, D]`` to replace the kept tokens' hidden states, and ``merged``
+  ``[I, M, D]``, new tokens placed right after the kept ones (a method that merges declares M in its
+  schedule, so the layout is known before the layer loop).
+
+``inputs`` holds the images of one group: images of any rows of the batch that have the same token count
+and budget at this stage, so one call handles them all. What a method may read is computed only when it
+asks (see :class:`entropyprune.inputs.PruneInputs`).
 
 Methods run inside the prefill, so they must not synchronise with the device (no ``.item()``,
 ``.tolist()``, ``.cpu()`` of device tensors) and must not loop over tokens in Python.
+
+Registering a method: one file in this package with ``@register("name", options=Options, schedule=fn)``,
+imported at the bottom of this file. ``options`` is a dataclass whose defaults are the official code's;
+``schedule(config, options, num_layers, num_visual) -> [Stage, ...]`` turns the budget into the stages
+(one stage at layer K keeping ``config.resolve(...)`` when omitted). See docs/Methods.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+from entropyprune.inputs import PruneInputs
 
 if TYPE_CHECKING:
     from entropyprune.config import PruneConfig
@@ -25,45 +39,81 @@ if TYPE_CHECKING:
 __all__ = [
     "METHODS",
     "STAGES",
+    "MethodSpec",
     "PruneInputs",
     "PruneMethod",
+    "Selection",
+    "Stage",
     "available_methods",
     "get_method",
+    "get_spec",
     "method_stage",
     "register",
     "top_n",
 ]
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One pruning point: before decoder layer ``layer``, each image keeps ``keep`` of its tokens, and
+    ``merged`` new tokens (made by the method from the others) follow them."""
+
+    layer: int
+    keep: int
+    merged: int = 0
+
+    @property
+    def out(self) -> int:
+        return self.keep + self.merged
+
+
 @dataclass
-class PruneInputs:
-    """What a method sees for the images of one group (one batch row).
-
-    Attributes:
-        states: ``[I, V, h, d_h]`` post-RoPE query or key states (``config.states``) of the image
-            tokens, produced inside layer K-1; I images, V tokens each.
-        hidden: ``[I, V, D]`` hidden states of the image tokens entering layer K.
-        num_heads: h.
-        config: the run's PruneConfig.
-        extras: optional method-specific inputs (e.g. the last text token's attention).
-    """
-
-    states: Tensor
-    hidden: Tensor
-    num_heads: int
-    config: PruneConfig
-    extras: dict[str, Any] = field(default_factory=dict)
+class Selection:
+    kept: Tensor
+    scores: Tensor
+    embeds: Tensor | None = None
+    merged: Tensor | None = None
 
 
-PruneMethod = Callable[[PruneInputs, int], tuple[Tensor, Tensor]]
+PruneMethod = Callable[[PruneInputs, int], Any]
+Schedule = Callable[["PruneConfig", Any, int, int], list[Stage]]
 
-METHODS: dict[str, PruneMethod] = {}
-# "llm": runs inside the language model at layer K >= 1; "vision": before it, at K = 0.
-STAGES: dict[str, str] = {}
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    fn: PruneMethod
+    stage: str  # "llm": inside the language model at layers K >= 1; "vision": before it (K = 0)
+    options: type | None = None
+    schedule: Schedule | None = None
+    positions: Callable[[Any], str] | None = None  # "keep" (original ids) or "renumber", from the options
+
+
+METHODS: dict[str, MethodSpec] = {}
 _STAGE_NAMES = ("llm", "vision")
 
 
-def register(name: str, *, stage: str = "llm") -> Callable[[PruneMethod], PruneMethod]:
+class _Stages(dict):
+    """``STAGES[name]``: a method's stage (kept for code that reads the registry as a mapping)."""
+
+    def __getitem__(self, name):
+        return METHODS[name].stage
+
+    def __contains__(self, name):
+        return name in METHODS
+
+    def __iter__(self):
+        return iter(METHODS)
+
+    def __len__(self):
+        return len(METHODS)
+
+
+STAGES = _Stages()
+
+
+def register(name: str, *, stage: str = "llm", options: type | None = None, schedule: Schedule | None = None,
+             positions: Callable[[Any], str] | None = None) -> Callable[[PruneMethod], PruneMethod]:
     """Decorator adding ``fn`` to the registry under ``name``."""
     if stage not in _STAGE_NAMES:
         raise ValueError(f"stage must be one of {', '.join(_STAGE_NAMES)}, got {stage!r}")
@@ -71,8 +121,7 @@ def register(name: str, *, stage: str = "llm") -> Callable[[PruneMethod], PruneM
     def add(fn: PruneMethod) -> PruneMethod:
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is already registered")
-        METHODS[name] = fn
-        STAGES[name] = stage
+        METHODS[name] = MethodSpec(name, fn, stage, options, schedule, positions)
         return fn
 
     return add
@@ -88,16 +137,25 @@ def _unknown(name: str) -> ValueError:
     )
 
 
-def get_method(name: str) -> PruneMethod:
+def get_spec(name: str) -> MethodSpec:
     if name not in METHODS:
         raise _unknown(name)
     return METHODS[name]
 
 
+def get_method(name: str) -> PruneMethod:
+    return get_spec(name).fn
+
+
 def method_stage(name: str) -> str:
-    if name not in STAGES:
-        raise _unknown(name)
-    return STAGES[name]
+    return get_spec(name).stage
+
+
+def as_selection(result: Any) -> Selection:
+    if isinstance(result, Selection):
+        return result
+    kept, scores = result
+    return Selection(kept, scores)
 
 
 def top_n(scores: Tensor, n: int) -> Tensor:
@@ -116,4 +174,4 @@ def top_n(scores: Tensor, n: int) -> Tensor:
 
 
 # Imported last so that each module's @register runs against the registry above.
-from entropyprune.methods import entropy, random  # noqa: E402, F401
+from entropyprune.methods import entropy, fastv, random  # noqa: E402, F401

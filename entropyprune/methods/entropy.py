@@ -11,10 +11,14 @@ from entropyprune.score import token_entropy
 
 @register("entropy")
 def entropy(inputs: PruneInputs, n_keep: int) -> tuple[Tensor, Tensor]:
-    states = inputs.states
-    scores = token_entropy(
-        states, inputs.num_heads, variant=inputs.config.variant, head_dim=states.shape[-1]
-    )
+    config = inputs.config
+    heads = inputs.num_heads
+
+    def score(states: Tensor) -> Tensor:  # [N, h, d_h] -> [N]
+        return token_entropy(states, heads, variant=config.variant, head_dim=states.shape[-1])
+
+    # One call for the image tokens of every group of the stage: one eigen-solve however many image sizes.
+    scores = inputs.token_scores(("entropy", config.variant), score)
     # Rank in the dtype the score was computed in (float64 for "official", as the release does),
     # so no ties appear that rounding to float32 would create.
     return top_n(scores, n_keep), scores.to(torch.float32)

@@ -1,9 +1,10 @@
 """Random baseline: keep a uniformly random subset of the visual tokens.
 
-The draw depends only on ``config.seed`` and the shape ``[I, V]``: it is made on the CPU, so the
-same seed keeps the same positions on every device and in every run (a resumed benchmark does not
-change its selection). Every prompt with the same image count therefore gets the same pattern; use
-several seeds to average over patterns. (The released code's random baseline was unseeded.)
+Each image's draw depends only on ``config.seed`` and its token count: it is made on the CPU with a
+generator seeded per image, so the same seed keeps the same positions on every device, in every run (a
+resumed benchmark does not change its selection) and whatever else is in the batch. Every image of the
+same size therefore gets the same pattern; use several seeds to average over patterns. (The released
+code's random baseline was unseeded.)
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ from torch import Tensor
 from entropyprune.methods import PruneInputs, register, top_n
 
 
+def draw(seed: int, images: int, tokens: int) -> Tensor:
+    """``[images, tokens]`` scores: the same row for every image, as a batch of one would draw it."""
+    row = torch.rand(1, tokens, generator=torch.Generator(device="cpu").manual_seed(seed), dtype=torch.float32)
+    return row.expand(images, tokens).contiguous()
+
+
 @register("random")
 def random_selection(inputs: PruneInputs, n_keep: int) -> tuple[Tensor, Tensor]:
-    images, tokens = inputs.states.shape[:2]
-    generator = torch.Generator(device="cpu").manual_seed(inputs.config.seed)
-    scores = torch.rand(images, tokens, generator=generator, dtype=torch.float32)
-    device = inputs.states.device
+    if inputs.slots is not None:
+        (images, tokens), device = inputs.slots.shape, inputs.slots.device
+    else:
+        (images, tokens), device = inputs.states.shape[:2], inputs.states.device
+    scores = draw(inputs.config.seed, images, tokens)
     if device.type == "cuda":
         # Pinned + non_blocking: a pageable host-to-device copy would make the host wait for the GPU.
         scores = scores.pin_memory().to(device, non_blocking=True)

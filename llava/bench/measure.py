@@ -143,7 +143,16 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     t2 = time.perf_counter()
     trace = lm.prune_trace
     spans = splice.image_spans[0]
-    kept = [int(rec.kept.numel()) for rec in trace[0]] if trace and trace[0] else [v for _, v in spans]
+    # Visual tokens each layer holds, per image: V until the first stage, then what each stage left.
+    visual_by_layer = []
+    for j, (_, v) in enumerate(spans):
+        stages = trace[0][j] if trace and trace[0] else []
+        tokens = [v] * len(lm.layers)
+        for rec in stages:
+            for i in range(rec.layer, len(lm.layers)):
+                tokens[i] = int(rec.kept.numel()) + rec.merged
+        visual_by_layer.append(tokens)
+    kept = [tokens[-1] for tokens in visual_by_layer]
     return {
         "t0": t0,
         "t1": t1,
@@ -157,6 +166,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
         "n_total": splice.lengths[0],
         "visual": [v for _, v in spans],
         "kept": kept,
+        "visual_by_layer": visual_by_layer,
     }
 
 
@@ -164,9 +174,7 @@ def check_cache(res: dict[str, Any], config, layer: int | None, label: str) -> N
     """The KV cache holds exactly the tokens the pruning contract says (target: it shrinks as kept tokens say)."""
     n_text = res["n_total"] - sum(res["visual"])
     L = config.num_hidden_layers
-    full = n_text + sum(res["visual"])
-    pruned = n_text + sum(res["kept"])
-    expect = [full if layer is None or i < layer else pruned for i in range(L)]
+    expect = [n_text + sum(tokens[i] for tokens in res["visual_by_layer"]) for i in range(L)]
     if res["lengths"] != expect:
         raise AssertionError(f"{label}: KV cache layer lengths {res['lengths']} != expected {expect}")
     width = config.num_key_value_heads * config.head_dim

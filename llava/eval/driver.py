@@ -177,18 +177,26 @@ def _prefetch(items: list[Item], prepare: Callable[[Item], Any], depth: int = 2)
 
 
 def budget_info(prune, model) -> dict:
-    """N kept per image and its average-token equivalent over all layers (V and V without pruning)."""
+    """N kept per image and its average-token equivalent over all layers (V and V without pruning).
+
+    Multi-stage methods also record every stage (layer, kept, merged); ``kept_tokens`` is then what the
+    last stage leaves. The method's options (defaults included) are written too.
+    """
+    from entropyprune.config import stages_average
+
     num_layers = model.config.num_hidden_layers
     tower = model.get_vision_tower()
     num_visual = tower.num_patches if tower is not None else None
     info = {"num_layers": num_layers, "num_visual_tokens": num_visual, "method": None, "layer": None,
             "kept_tokens": num_visual, "avg_tokens_equivalent": num_visual}
     if prune is not None and num_visual is not None:
-        n = prune.resolve(num_layers, num_visual)
-        info.update(method=prune.method, layer=prune.layer, kept_tokens=n,
-                    avg_tokens_equivalent=prune.avg_tokens_equivalent(n, num_layers, num_visual))
+        stages = prune.schedule(num_layers, num_visual)
+        info.update(method=prune.method, layer=stages[0].layer, kept_tokens=stages[-1].out,
+                    avg_tokens_equivalent=float(stages_average(stages, num_layers, num_visual)),
+                    method_options=prune.options)
+        if len(stages) > 1 or stages[0].merged:
+            info["stages"] = [{"layer": st.layer, "kept": st.keep, "merged": st.merged} for st in stages]
     return info
-
 
 
 def _version() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from entropyprune.config import STATES, VARIANTS, PruneConfig
+from entropyprune.options import parse_option_args
 
 
 def _layer(value: str):
@@ -28,12 +29,15 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-states", default="query", choices=STATES)
     g.add_argument("--entropy-variant", default="official", choices=VARIANTS)
     g.add_argument("--prune-seed", type=int, default=0, help="seed of the random baseline")
+    g.add_argument("--prune-option", action="append", default=None, metavar="NAME=VALUE",
+                   help="a method option (repeatable), e.g. --prune-option pivot_image=4; see docs/Methods.md")
 
 
 def prune_config_from_args(args):
     """A PruneConfig from the parsed flags, or None when pruning is off."""
     if getattr(args, "prune_method", None) is None:
-        given = [f for f in ("prune_keep", "prune_avg_tokens", "prune_ratio") if getattr(args, f, None) is not None]
+        given = [f for f in ("prune_keep", "prune_avg_tokens", "prune_ratio", "prune_option")
+                 if getattr(args, f, None) is not None]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise ValueError(f"{flag} needs --prune-method (e.g. --prune-method entropy)")
@@ -43,4 +47,4 @@ def prune_config_from_args(args):
         avg = int(avg)
     return PruneConfig(method=args.prune_method, layer=args.prune_layer, keep=args.prune_keep, avg_tokens=avg,
                        ratio=args.prune_ratio, states=args.prune_states, variant=args.entropy_variant,
-                       seed=args.prune_seed)
+                       seed=args.prune_seed, options=parse_option_args(getattr(args, "prune_option", None)))

@@ -27,6 +27,9 @@ class Splice:
     image_spans: list[list[tuple[int, int]]]  # per row: (start, length) of each image in the padded sequence
     lengths: list[int]  # real tokens per row
     padding_side: str
+    # Real tokens per row that belong to the prompt (None: all of them). Recomputing a generation from
+    # scratch appends the answer so far; pruning methods still read the prompt's last token and instruction.
+    prompt_lengths: list[int] | None = None
 
     @property
     def has_padding(self) -> bool:

@@ -55,7 +55,7 @@ def main(argv=None) -> None:
         note = ""
         trace = model.get_model().prune_trace
         if cfg is not None and trace and trace[0]:
-            rec = trace[0][0]
+            rec = trace[0][0][-1]
             note = f" [kept {rec.kept.numel()} of {rec.length} visual tokens after layer {rec.layer}]"
         print(f"{label:>13}: {answer!r} ({dt:.2f} s){note}")
 

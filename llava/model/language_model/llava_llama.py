@@ -213,7 +213,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
                 full_mask = None if mask is None else torch.cat(
                     [mask, torch.ones(b, n + 1, dtype=torch.bool, device=device)], dim=1)
                 grown = None if splice is None else dataclasses.replace(
-                    splice, inputs_embeds=full, lengths=[n_real + n + 1 for n_real in splice.lengths])
+                    splice, inputs_embeds=full, lengths=[n_real + n + 1 for n_real in splice.lengths],
+                    prompt_lengths=splice.lengths)
                 hidden, _ = self.model(full, full_pos, full_mask, None, self._prune_hook(grown),
                                        has_padding=_padded(grown))
         self.model.prune_trace = trace  # the prefill's record, not the last recomputation's

@@ -49,6 +49,9 @@ class Segment:
     valid: torch.Tensor  # [B, capacity] bool
     length: int = 0  # filled slots (python int: no device sync to read it)
     has_padding: bool = False
+    # [B] subtracted from the original position ids of new tokens, for layers whose tokens were renumbered
+    # (methods whose official code renumbers after pruning); None: original (gapped) positions.
+    position_offset: torch.Tensor | None = None
 
 
 @dataclass
@@ -85,10 +88,11 @@ class KVCache:
             total += 2 * k.shape[0] * k.shape[1] * n * k.shape[3] * k.element_size()
         return total
 
-    def open_segment(self, layers: range, batch: int, device, has_padding: bool) -> int:
+    def open_segment(self, layers: range, batch: int, device, has_padding: bool,
+                     position_offset: torch.Tensor | None = None) -> int:
         """Start a new token layout for `layers` (at prefill: all layers, then the pruned ones)."""
         seg = Segment(layers=layers, valid=torch.zeros(batch, 0, dtype=torch.bool, device=device),
-                      has_padding=has_padding)
+                      has_padding=has_padding, position_offset=position_offset)
         self.segments.append(seg)
         idx = len(self.segments) - 1
         for i in layers:
@@ -278,6 +282,10 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _on(t: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if t is None else t.to(device, non_blocking=True)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The model
 
@@ -305,6 +313,9 @@ class LlamaModel(nn.Module):
         start = cache.extend_segment(seg_idx, new_valid)
         seg = cache.segments[seg_idx]
         t = new_valid.shape[1]
+        if start > 0 and seg.position_offset is not None:
+            # Decoding after a renumbering stage: these layers count positions from their own kept tokens.
+            position_ids = position_ids - seg.position_offset[:, None]
         cos, sin = self.rotary_emb(position_ids, dtype)
         causal = not seg.has_padding and t > 1 and start == 0  # plain causal prefill: no mask tensor needed
         mask = None
@@ -333,7 +344,8 @@ class LlamaModel(nn.Module):
         """Run the decoder on new tokens.
 
         inputs_embeds [B, T, D]; position_ids [B, T]; attention_mask [B, T] (1 = real token) or None;
-        cache: appended to (a fresh one is made when None); prune_hook: applied at its layer during prefill;
+        cache: appended to (a fresh one is made when None); prune_hook: applied before each of its layers
+        (``prune_hook.layers``) during prefill, with the states layer K-1 produced;
         observe_states: called as ``observe_states(layer, query, key)`` with every layer's post-RoPE states
         ``[B, h, T, d_h]``, exactly those attention used (the ECL tool reads them; nothing else changes);
         has_padding: whether any row of a prefill carries padding, as the caller knows it on the host (the
@@ -358,16 +370,19 @@ class LlamaModel(nn.Module):
         x = inputs_embeds
         ctx = None
         capture: dict = {}
+        stages = prune_hook.layers if prune_hook is not None else ()
+        next_position = position_ids[:, -1] + 1  # in the original numbering, whatever pruning renumbers
         for i, layer in enumerate(self.layers):
-            if prune_hook is not None and i == prune_hook.layer:
-                x, position_ids, new_valid = prune_hook(x, position_ids, new_valid, capture)
-                seg = cache.open_segment(range(i, len(self.layers)), b, device, prune_hook.padded)
+            if i in stages:
+                x, position_ids, new_valid = prune_hook(i, x, position_ids, new_valid, capture, self)
+                seg = cache.open_segment(range(i, len(self.layers)), b, device, prune_hook.padded_after[i],
+                                         _on(prune_hook.offset(i), device))
                 ctx = self._context(cache, seg, new_valid, position_ids, x.dtype)
             elif ctx is None or cache.segment_of_layer[i] != ctx.segment:
                 ctx = self._context(cache, cache.segment_of_layer[i], new_valid, position_ids, x.dtype)
-            wants_states = observe_states is not None or (prune_hook is not None and i == prune_hook.layer - 1)
+            wants_states = observe_states is not None or (i + 1) in stages
             x = layer(x, ctx, cache, capture if wants_states else None)
             if observe_states is not None:
                 observe_states(i, capture["query"], capture["key"])
-        cache.next_position = position_ids[:, -1] + 1
+        cache.next_position = next_position
         return self.norm(x), position_ids
