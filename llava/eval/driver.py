@@ -133,10 +133,15 @@ def image_prefix(model_config) -> str:
 
 
 def build_prompt(item: Item, conv_mode: str, model_config) -> str:
-    """LLaVA's prompt: the image marker line before the question, then the conversation template."""
+    """LLaVA's prompt: the image marker line before the question, then the conversation template.
+
+    A question with several images gets one marker line per image, in order (the model gives each image
+    its own 576 tokens).
+    """
     from llava.conversation import get_conv_template
 
-    qs = (image_prefix(model_config) if item.load_image is not None else "") + item.question
+    markers = image_prefix(model_config) * item.num_images if item.load_image is not None else ""
+    qs = markers + item.question
     conv = get_conv_template(conv_mode)
     conv.append_message(conv.roles[0], qs)
     conv.append_message(conv.roles[1], None)
@@ -330,9 +335,9 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
         input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
         if item.load_image is None:
             return input_ids, None, None
-        image = item.load_image()
-        pixels = process_images([image], image_processor, model.config)
-        return input_ids, pixels, [image.size]
+        images = item.load_image() if item.num_images > 1 else [item.load_image()]
+        pixels = process_images(images, image_processor, model.config)
+        return input_ids, pixels, [image.size for image in images]
 
     desc = bench.name if shard.num == 1 else f"{bench.name} {shard.idx + 1}/{shard.num}"
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, dynamic_ncols=True)
