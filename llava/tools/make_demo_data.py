@@ -16,6 +16,7 @@ A few items per benchmark, with images drawn by PIL (coloured shapes and words o
   mmbench/mmbench_dev_20230712.tsv          dev TSV with answers, circular copies at index + 10^6 * k,
   mmbench_cn/mmbench_dev_cn_20231003.tsv    base64 PNG images, 2-4 options, some hints empty
   mm-vet/llava-mm-vet.jsonl, mm-vet.json, mm-vet/images/v1_<n>.png
+  gqa/, pope/, mmstar/, ai2d/, ocrbench/, mmmu/   see `llava.tools.demo_data_more`
 
 The output depends only on --seed (and the PIL version's PNG/JPEG encoders). A `.entropyprune-demo` file
 marks the folder as demo data; the tool refuses to write into a folder holding benchmark files without
@@ -28,6 +29,7 @@ import argparse
 import os
 import random
 
+from llava.tools import demo_data_more as more
 from llava.tools.demo_drawing import (
     COLORS,
     SHAPES,
@@ -298,7 +300,9 @@ def make_mmvet(root: str, rng: random.Random) -> int:
 
 
 _OWNED = ("MME/llava_mme.jsonl", "textvqa/llava_textvqa_val_v051_ocr.jsonl", "scienceqa/llava_test_CQM-A.json",
-          "mmbench/mmbench_dev_20230712.tsv", "mmbench_cn/mmbench_dev_cn_20231003.tsv", "mm-vet/llava-mm-vet.jsonl")
+          "mmbench/mmbench_dev_20230712.tsv", "mmbench_cn/mmbench_dev_cn_20231003.tsv", "mm-vet/llava-mm-vet.jsonl",
+          "gqa/llava_gqa_testdev_balanced.jsonl", "pope/llava_pope_test.jsonl", "mmstar/MMStar.tsv",
+          "ai2d/AI2D_TEST.tsv", "ocrbench/OCRBench.tsv", "mmmu/MMMU_DEV_VAL.tsv")
 
 
 def build(root: str = "playground/data/eval", seed: int = 0, mme_images: int = 2, force: bool = False) -> dict:
@@ -320,6 +324,12 @@ def build(root: str = "playground/data/eval", seed: int = 0, mme_images: int = 2
         "mmbench": make_mmbench(root, random.Random(f"{seed}-mmbench"), "en"),
         "mmbench_cn": make_mmbench(root, random.Random(f"{seed}-mmbench_cn"), "cn"),
         "mmvet": make_mmvet(root, random.Random(f"{seed}-mmvet")),
+        "gqa": more.make_gqa(root, random.Random(f"{seed}-gqa")),
+        "pope": more.make_pope(root, random.Random(f"{seed}-pope")),
+        "mmstar": more.make_mmstar(root, random.Random(f"{seed}-mmstar")),
+        "ai2d": more.make_ai2d(root, random.Random(f"{seed}-ai2d")),
+        "ocrbench": more.make_ocrbench(root, random.Random(f"{seed}-ocrbench")),
+        "mmmu": more.make_mmmu(root, random.Random(f"{seed}-mmmu")),
     }
     with open(os.path.join(root, MARKER), "w", encoding="utf-8") as f:
         f.write(f"demo data written by llava.tools.make_demo_data (seed {seed}); not a real benchmark\n")
