@@ -66,6 +66,7 @@ def load_annotations(path: str) -> dict:
 
 def _check_question(qid: str, q, path: str) -> None:
     ok = isinstance(q, dict) and all(k in q for k in ("answer", "question", "semantic", "types", "isBalanced"))
+    ok = ok and isinstance(q["semantic"], list) and all(isinstance(op, dict) for op in q["semantic"])
     if not ok or not isinstance(q["types"], dict) or not all(k in q["types"] for k in ("structural", "semantic")):
         raise EvalInputError(f"{path}: question {qid} lacks answer / question / semantic / types.structural / "
                              f"types.semantic / isBalanced; is this GQA's testdev_balanced_questions.json? {_FIX}")
@@ -101,7 +102,7 @@ def eval_gqa(question_file: str, annotation_file: str, result_file: str, output_
         if qid not in asked:
             raise EvalInputError(f"{result_file}:{lineno}: question_id {qid} is not in {question_file}; "
                                  "score answers against the question file they were generated from.")
-        predictions[qid] = convert(ans["text"])
+        predictions[qid] = convert(str(ans["text"]))
     if not predictions:
         raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_loader first.")
 

@@ -101,7 +101,7 @@ def eval_pope(annotation_dir: str, question_file: str, result_file: str, output_
         if qid not in known:
             raise EvalInputError(f"{result_file}:{lineno}: question_id {qid} is not in {question_file}; score "
                                  "answers against the question file they were generated from.")
-        answers[qid] = ans["text"]
+        answers[qid] = str(ans["text"])
     if not answers:
         raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_loader first.")
 
