@@ -12,7 +12,8 @@ not resolved) are skipped with a warning on stderr. Runs without pruning (method
 
 Headline scores, looked up in ``scores`` with case and punctuation ignored ("IMG-Accuracy" =
 "img_accuracy"): MME Perception (and Total), TextVQA Accuracy, SQA IMG-Accuracy, MMBench / MMBench-CN
-CircularEval (SingleEval when no record has CircularEval), MM-Vet Total.
+CircularEval (SingleEval when no record has CircularEval), MM-Vet Total; GQA, MMStar, AI2D accuracy, POPE
+mean F1, OCRBench Final Score and MMMU validation accuracy (each scorer's `overall`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ _BENCHMARKS: dict[str, tuple[str, list[list[Metric]]]] = {
     "mmbenchcn": ("MMBench-CN", [[Metric("CircularEval", ("circulareval", "circular")),
                                   Metric("SingleEval", ("singleeval", "single"))]]),
     "mmvet": ("MM-Vet", [[Metric("Total", ("total",))]]),
+    "gqa": ("GQA", [[Metric("Accuracy", ("overall",))]]),
+    "pope": ("POPE", [[Metric("F1", ("overall",))]]),
+    "mmstar": ("MMStar", [[Metric("Accuracy", ("overall",))]]),
+    "ai2d": ("AI2D", [[Metric("Accuracy", ("overall",))]]),
+    "ocrbench": ("OCRBench", [[Metric("Final Score", ("overall",))]]),
+    "mmmu": ("MMMU", [[Metric("Val Accuracy", ("overall",))]]),
 }
 _ALIASES = {"scienceqa": "sqa", "scienceqaimg": "sqa", "sqaimg": "sqa", "mmbenchen": "mmbench"}
 # Unknown benchmarks: the first of these score names, else the only score there is.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,11 @@ from llava.eval import (
     model_vqa_loader,
     model_vqa_mmbench,
     model_vqa_science,
+    model_vqa_tsv,
     shards,
 )
 from llava.tools import make_demo_data
+from llava.tools.demo_drawing import draw_scene, png_base64
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -265,6 +268,51 @@ def test_mmbench_is_none_follows_pandas():
     assert model_vqa_mmbench.get_options({"A": "x", "B": "y", "C": "nan", "D": "z"}) == ["x", "y"]
 
 
+def tsv_args(model_path, tsv, answers, *extra):
+    return ["--model-path", model_path, "--question-file", str(tsv), "--answers-file", str(answers),
+            "--temperature", "0", "--conv-mode", "vicuna_v1", "--max-new-tokens", "2", *extra]
+
+
+def test_tsv_mcq_prompts_as_vlmevalkit_asks_llava(tiny_llava, tiny, demo, tmp_path, prompts):
+    answers = tmp_path / "mmstar.jsonl"
+    model_vqa_tsv.main(tsv_args(tiny_llava, os.path.join(demo, "mmstar", "MMStar.tsv"), answers), loaded=tiny)
+    lines = read_lines(answers)
+    assert [line["question_id"] for line in lines] == [0, 1, 2]  # row 1 shares row 0's image by index
+    for line in lines:
+        check_answer_line(line)
+    assert lines[0]["prompt"] == "What shape is shown?\nA. square\nB. circle\nC. star\nD. heart"
+    assert prompts[0] == (f"{SYSTEM} USER: <image>\nWhat shape is shown?\nA. square\nB. circle\nC. star\n"
+                          f"D. heart\n{LETTER} ASSISTANT:")
+    meta = json.loads((tmp_path / "mmstar.jsonl.meta.json").read_text())
+    assert meta["settings"]["options"] == {"prompt_style": "mcq"} and meta["complete"] is True
+
+
+def test_tsv_hint_gaps_chinese_and_plain_style(tiny_llava, tiny, tmp_path, prompts):
+    b64 = png_base64(draw_scene(random.Random(0), [("circle", "red")]))
+    tsv = tmp_path / "t.tsv"
+    rows = [("7", "What is it?", "A hint.", "cat", "", "bird"), ("8", "这是什么？", "", "猫", "狗", "")]
+    tsv.write_text("index\tquestion\thint\tA\tB\tC\timage\n" + "".join("\t".join(r) + f"\t{b64}\n" for r in rows))
+    model_vqa_tsv.main(tsv_args(tiny_llava, tsv, tmp_path / "a.jsonl"), loaded=tiny)
+    # VLMEvalKit keeps every present option (C after an empty B), unlike LLaVA's MMBench driver.
+    assert prompts[0].endswith("USER: <image>\nA hint.\nWhat is it?\nA. cat\nC. bird\n"
+                               f"{LETTER} ASSISTANT:")
+    assert prompts[1].endswith("USER: <image>\n这是什么？\nA. 猫\nB. 狗\n请直接回答选项字母。 ASSISTANT:")
+    model_vqa_tsv.main(tsv_args(tiny_llava, tsv, tmp_path / "b.jsonl", "--prompt-style", "plain"), loaded=tiny)
+    assert prompts[2].endswith("USER: <image>\nWhat is it? ASSISTANT:")
+    assert [line["prompt"] for line in read_lines(tmp_path / "b.jsonl")] == ["What is it?", "这是什么？"]
+
+
+def test_tsv_mmmu_two_images_and_open_questions(tiny_llava, tiny, demo, tmp_path, prompts):
+    answers = tmp_path / "mmmu.jsonl"
+    model_vqa_tsv.main(tsv_args(tiny_llava, os.path.join(demo, "mmmu", "MMMU_DEV_VAL.tsv"), answers), loaded=tiny)
+    assert [line["question_id"] for line in read_lines(answers)] == [1, 2, 3, 4]
+    # Both images of row 2 are shown, each under its own marker (the model checks markers against images).
+    assert prompts[1].startswith(f"{SYSTEM} USER: <image>\n<image>\nWhich image shows a square? <image 1> <image 2>"
+                                 "\nA. <image 1>\nB. <image 2>\n")
+    assert prompts[2].endswith("USER: <image>\n<image 1> How many sides does the shape have?\n"
+                               "Answer the question directly. ASSISTANT:")
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
@@ -481,7 +529,8 @@ def test_demo_data_layout_and_determinism(tmp_path):
         return out
 
     assert files(a) == files(b)
-    assert counts == {"mme": 56, "textvqa": 5, "sqa": 5, "mmbench": 9, "mmbench_cn": 9, "mmvet": 4}
+    assert counts == {"mme": 56, "textvqa": 5, "sqa": 5, "mmbench": 9, "mmbench_cn": 9, "mmvet": 4,
+                      "gqa": 5, "pope": 6, "mmstar": 3, "ai2d": 2, "ocrbench": 3, "mmmu": 4}
     mme = a / "MME" / "MME_Benchmark_release_version"
     assert sorted(os.listdir(mme)) == sorted(make_demo_data.MME_SUBTASKS)
     assert sorted(os.listdir(mme / "artwork")) == ["images", "questions_answers_YN"]

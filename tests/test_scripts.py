@@ -41,7 +41,8 @@ def run_script(name, tiny_llava, eval_root, results, cwd=REPO, **env):
         "HF_HUB_OFFLINE": "1",
         **env,
     }
-    for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME"):
+    for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME",
+                "BENCHMARKS"):
         if var not in env:
             full_env.pop(var, None)
     return subprocess.run(["bash", os.path.join(SCRIPTS, name)], cwd=cwd, env=full_env, capture_output=True,
@@ -115,6 +116,57 @@ def test_all_scripts_end_to_end_with_pruning(tiny_llava, demo, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "nothing to do" in proc.stderr
     assert open(mme_answers, "rb").read() == before
+
+
+# The benchmarks beyond the paper's tables: (answers file, questions, scorer summary); the headline is "overall".
+EXPECTED_MORE = {
+    "gqa": ("gqa/answers/llava_gqa_testdev_balanced/{run}.jsonl", 5,
+            "gqa/answers/llava_gqa_testdev_balanced/{run}_scores.json"),
+    "pope": ("pope/answers/{run}.jsonl", 6, "pope/answers/{run}_scores.json"),
+    "mmstar": ("mmstar/answers/{run}.jsonl", 3, "mmstar/answers/{run}_scores.json"),
+    "ai2d": ("ai2d/answers/{run}.jsonl", 2, "ai2d/answers/{run}_scores.json"),
+    "ocrbench": ("ocrbench/answers/{run}.jsonl", 3, "ocrbench/answers/{run}_scores.json"),
+    "mmmu": ("mmmu/answers/{run}.jsonl", 4, "mmmu/answers/{run}_scores.json"),
+}
+
+
+def test_more_benchmark_scripts_end_to_end(tiny_llava, demo, tmp_path):
+    results = tmp_path / "results"
+    proc = run_script("all.sh", tiny_llava, demo, results, cwd=str(tmp_path), METHOD="random", LAYER="1",
+                      KEEP="100", BENCHMARKS=" ".join(EXPECTED_MORE), EVAL_ARGS="--max-new-tokens 2")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = "llava-v1.5-tiny-random-L1-keep100"
+    for bench, (answers, n, scores) in EXPECTED_MORE.items():
+        lines = read_lines(os.path.join(demo, answers.format(run=run)))
+        assert len(lines) == n, bench
+        record = load(results / bench / f"{run}.json")
+        assert RECORD_FIELDS <= set(record) and record["benchmark"] == bench, bench
+        assert (record["method"], record["layer"], record["keep"], record["answers"]) == ("random", 1, 100, n), bench
+        summary = load(os.path.join(demo, scores.format(run=run)))
+        assert record["score_name"] == "overall" and record["score"] == summary["overall"], bench
+        assert record["score"] is not None, bench
+    assert set(load(results / "pope" / f"{run}.json")["scores"]) >= {"adversarial_f1", "random_f1", "popular_f1"}
+    assert "split_validation" in load(results / "mmmu" / f"{run}.json")["scores"]
+    gqa = load(results / "gqa" / f"{run}.json")
+    assert [p["questionId"] for p in load(gqa["submission"])] == [
+        line["question_id"] for line in read_lines(os.path.join(demo, "gqa", "llava_gqa_testdev_balanced.jsonl"))]
+    assert "F1 (mean):" in proc.stdout and "Final Score:" in proc.stdout
+
+
+def test_more_scripts_missing_data_and_unknown_benchmark(tiny_llava, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for script, what in (("gqa.sh", "gqa/data/testdev_balanced_questions.json"),
+                         ("pope.sh", "pope/coco/coco_pope_random.json"), ("mmstar.sh", "mmstar/MMStar.tsv"),
+                         ("ai2d.sh", "ai2d/AI2D_TEST.tsv"), ("ocrbench.sh", "ocrbench/OCRBench.tsv"),
+                         ("mmmu.sh", "mmmu/MMMU_DEV_VAL.tsv")):
+        proc = run_script(script, tiny_llava, empty, tmp_path / "results")
+        assert proc.returncode != 0, script
+        assert what in proc.stderr and "docs/Evaluation.md" in proc.stderr, script
+        assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr, script
+    proc = run_script("all.sh", tiny_llava, empty, tmp_path / "results", BENCHMARKS="pope nonsense")
+    assert proc.returncode == 1 and "no benchmark script nonsense" in proc.stderr
+    assert "failed: pope nonsense" in proc.stderr
 
 
 def test_two_gpu_chunks_merged_in_order(tiny_llava, demo, tmp_path):

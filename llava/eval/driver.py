@@ -126,10 +126,14 @@ def load_model(args: argparse.Namespace, device: str | None):
 
 
 def build_prompt(item: Item, conv_mode: str, model_config) -> str:
-    """LLaVA's prompt: the image marker line before the question, then the conversation template."""
+    """LLaVA's prompt: the image marker lines before the question, then the conversation template.
+
+    A question with several images gets one marker line per image, in order (the model gives each image
+    its own 576 tokens).
+    """
     from llava.conversation import build_prompt as conversation_prompt
 
-    n_images = 1 if item.load_image is not None else 0
+    n_images = item.num_images if item.load_image is not None else 0
     return conversation_prompt(item.question, conv_mode, n_images, getattr(model_config, "mm_use_im_start_end", False))
 
 
@@ -329,9 +333,9 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
         input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
         if item.load_image is None:
             return input_ids, None, None
-        image = item.load_image()
-        pixels = process_images([image], image_processor, model.config)
-        return input_ids, pixels, [image.size]
+        images = item.load_image() if item.num_images > 1 else [item.load_image()]
+        pixels = process_images(images, image_processor, model.config)
+        return input_ids, pixels, [image.size for image in images]
 
     desc = bench.name if shard.num == 1 else f"{bench.name} {shard.idx + 1}/{shard.num}"
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, dynamic_ncols=True)

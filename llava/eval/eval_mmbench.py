@@ -71,11 +71,14 @@ def is_missing(value: str | None) -> bool:
     return value is None or value.strip().lower() in ("", "nan", "none")
 
 
-def read_tsv(path: str) -> tuple[list[str], list[dict[str, str]]]:
-    """Read an MMBench TSV (header row, tab-separated, base64 images) into dicts keyed by column."""
+def read_tsv(path: str, what: str = "MMBench TSV") -> tuple[list[str], list[dict[str, str]]]:
+    """Read an MMBench TSV (header row, tab-separated, base64 images) into dicts keyed by column.
+
+    VLMEvalKit's TSVs (MMStar, AI2D, OCRBench, MMMU) have the same layout; `what` names the file in errors.
+    """
     if not os.path.isfile(path):
         raise EvalInputError(
-            f"MMBench TSV not found: {path}. Download it (see docs/Evaluation.md) into playground/data/eval."
+            f"{what} not found: {path}. Download it (see docs/Evaluation.md) into playground/data/eval."
         )
     # Base64 images are far larger than csv's default 128 KiB field limit.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -91,7 +94,7 @@ def read_tsv(path: str) -> tuple[list[str], list[dict[str, str]]]:
             if len(values) != len(header):
                 raise EvalInputError(
                     f"{path}:{reader.line_num}: {len(values)} fields, header has {len(header)}. "
-                    "The file is truncated or not an MMBench TSV; re-download it."
+                    f"The file is truncated or is not a valid {what}; re-download it."
                 )
             row = dict(zip(header, values, strict=True))
             if not _INT.match(row["index"].strip()):

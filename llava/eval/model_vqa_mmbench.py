@@ -58,7 +58,7 @@ def load_rows(args) -> list[tuple[dict, str]]:
     return [(row, f"{path}: row index {row['index']}") for row in rows]
 
 
-def _decode(b64: str, source: str):
+def decode_base64_image(b64: str, source: str):
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -90,7 +90,7 @@ def expand(row, args) -> list[Item]:
     for round_id in range(rounds):
         question = build_question(row, options)
         items.append(Item(question_id=int(row["index"]), prompt=question, question=question + suffix,
-                          load_image=lambda: _decode(b64, source), source=source,
+                          load_image=lambda: decode_base64_image(b64, source), source=source,
                           extra={"round_id": round_id, "options": list(options), "option_char": list(option_char)}))
         # The next round shows the option texts shifted by one under the same letters A, B, ...
         options = options[1:] + options[:1]

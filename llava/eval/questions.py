@@ -20,6 +20,8 @@ class Item:
     prompt: str  # the answer's `prompt` field (LLaVA's `cur_prompt`)
     question: str  # the user turn without the image marker (suffix included)
     load_image: Callable[[], Any] | None = None  # returns a PIL image; None for a text-only question
+    # With num_images > 1, load_image returns that many PIL images, each shown under its own marker line.
+    num_images: int = 1
     image_path: str | None = None  # checked before the model is loaded
     extra: dict = field(default_factory=dict)  # benchmark-specific answer fields (MMBench)
     source: str = ""  # "file:line", for error messages

@@ -42,7 +42,28 @@ BENCHMARKS = {
     "mmbench_cn": ("circular_eval", "no answer column in the TSV: submit the xlsx to the OpenCompass server"),
     "mmvet": ("total", "MM-Vet is graded by GPT-4: submit the results JSON to the official evaluator, or rerun "
                        "with MMVET_GRADE=1 and MMVET_API_KEY set"),
+    "gqa": ("overall", None),
+    "pope": ("overall", "a POPE split has no answers, so there is no mean F1"),
+    "mmstar": ("overall", None),
+    "ai2d": ("overall", None),
+    "ocrbench": ("overall", None),
+    "mmmu": ("overall", None),
 }
+
+# Scorer summaries with an "overall" headline: (top-level numbers, {group field: name prefix}); a group
+# field maps a name to {"accuracy"|"score"|..., ...} or to a number, flattened to "<prefix><name>".
+_OVERALL = {
+    "gqa": (("overall", "binary", "open", "distribution", "questions", "missing"),
+            {"per_structural_type": "structural_", "per_semantic_type": "semantic_"}),
+    "mmstar": (("overall", "questions", "unmatched", "missing"),
+               {"per_split": "split_", "per_category": "", "per_l2_category": ""}),
+    "ai2d": (("overall", "questions", "unmatched", "missing"),
+             {"per_split": "split_", "per_category": "", "per_l2_category": ""}),
+    "ocrbench": (("overall", "final_score_norm", "questions", "missing"), {"groups": "", "categories": ""}),
+    "mmmu": (("overall", "dev_val", "questions", "unmatched", "missing"),
+             {"per_split": "split_", "per_discipline": "", "per_subject": ""}),
+}
+_GROUP_VALUE = ("accuracy", "score", "f1")
 
 
 def package_version() -> str:
@@ -108,6 +129,23 @@ def extract_scores(benchmark: str, summary: dict | None) -> dict:
         for name, value in (summary.get("capabilities") or {}).items():
             if isinstance(value, (int, float)):
                 scores[name] = value
+        return scores
+    if benchmark == "pope":
+        scores = _numbers(summary, ("overall", "accuracy"))
+        for split, metrics in (summary.get("splits") or {}).items():
+            for name, value in _numbers(metrics or {}, ("f1", "accuracy", "precision", "recall",
+                                                        "yes_ratio")).items():
+                scores[f"{split}_{name}"] = value
+        return scores
+    if benchmark in _OVERALL:
+        top, groups = _OVERALL[benchmark]
+        scores = _numbers(summary, top)
+        for field, prefix in groups.items():
+            for name, value in (summary.get(field) or {}).items():
+                if isinstance(value, dict):
+                    value = next((value[k] for k in _GROUP_VALUE if k in value), None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    scores.setdefault(f"{prefix}{name}", value)
         return scores
     raise EvalInputError(f"unknown --benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
 
@@ -175,6 +213,9 @@ def format_table(record: dict) -> str:
     if record["benchmark"] == "mme":
         # The scorer has just printed the 14 subtasks; the record's summary keeps to the sums.
         scores = {k: v for k, v in scores.items() if k in ("perception", "cognition", "total")}
+    elif record["benchmark"] in _OVERALL:
+        # The per-category numbers are in the record and the scorer summary; the table keeps the totals.
+        scores = {k: v for k, v in scores.items() if k in _OVERALL[record["benchmark"]][0]}
     rows = [(name, f"{value:.2f}" if isinstance(value, float) else str(value)) for name, value in scores.items()]
     width = max([len(n) for n, _ in rows] + [len("score")])
     lines = [f"{record['benchmark']} | {record['run_name']}"]

@@ -16,6 +16,7 @@ A few items per benchmark, with images drawn by PIL (coloured shapes and words o
   mmbench/mmbench_dev_20230712.tsv          dev TSV with answers, circular copies at index + 10^6 * k,
   mmbench_cn/mmbench_dev_cn_20231003.tsv    base64 PNG images, 2-4 options, some hints empty
   mm-vet/llava-mm-vet.jsonl, mm-vet.json, mm-vet/images/v1_<n>.png
+  gqa/, pope/, mmstar/, ai2d/, ocrbench/, mmmu/   see `llava.tools.demo_data_more`
 
 The output depends only on --seed (and the PIL version's PNG/JPEG encoders). A `.entropyprune-demo` file
 marks the folder as demo data; the tool refuses to write into a folder holding benchmark files without
@@ -25,13 +26,21 @@ it, so it never mixes with (or overwrites) real data unless --force is given.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
-import json
 import os
 import random
 
-from PIL import Image, ImageDraw
+from llava.tools import demo_data_more as more
+from llava.tools.demo_drawing import (
+    COLORS,
+    SHAPES,
+    WORDS,
+    draw_scene,
+    png_base64,
+    save_image,
+    write_json,
+    write_jsonl,
+    write_tsv,
+)
 
 MARKER = ".entropyprune-demo"
 LLAVA_SUFFIX = "Answer the question using a single word or phrase."
@@ -43,74 +52,6 @@ MME_SUBTASKS = (
     "commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning",
 )
 MME_PNG = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
-
-COLORS = {"red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 200, 40),
-          "black": (20, 20, 20), "orange": (240, 140, 30)}
-SHAPES = ("circle", "square", "triangle")
-WORDS = ("STOP", "EXIT", "OPEN", "SALE", "CAFE", "PARK", "BUS", "TAXI")
-
-
-# ------------------------------------------------------------------------------------------------ drawing
-
-
-def draw_scene(rng: random.Random, shapes: list[tuple[str, str]], words: tuple[str, ...] = (),
-               size: tuple[int, int] | None = None, mode: str = "RGB") -> Image.Image:
-    """Shapes (shape, colour) laid out left to right, words below; sizes vary so the padding path is used."""
-    w, h = size or (rng.choice((96, 120, 144)), rng.choice((72, 96, 120)))
-    background = tuple(rng.randint(200, 245) for _ in range(3))
-    img = Image.new("RGB", (w, h), background)
-    draw = ImageDraw.Draw(img)
-    n = max(len(shapes), 1)
-    cell = w // n
-    r = max(6, min(cell, h) // 4)
-    for i, (shape, colour) in enumerate(shapes):
-        cx, cy = cell * i + cell // 2, h // 3
-        box = (cx - r, cy - r, cx + r, cy + r)
-        fill = COLORS[colour]
-        if shape == "circle":
-            draw.ellipse(box, fill=fill)
-        elif shape == "square":
-            draw.rectangle(box, fill=fill)
-        else:
-            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
-    for j, word in enumerate(words):
-        draw.text((4, h * 2 // 3 + 10 * j - 6), word, fill=(0, 0, 0))
-    if mode == "RGBA":
-        # Transparent border: the case where LLaVA's RGB conversion (not alpha compositing) matters.
-        rgba = img.convert("RGBA")
-        alpha = Image.new("L", (w, h), 0)
-        ImageDraw.Draw(alpha).rectangle((4, 4, w - 5, h - 5), fill=255)
-        rgba.putalpha(alpha)
-        return rgba
-    return img
-
-
-def save_image(img: Image.Image, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if path.lower().endswith((".jpg", ".jpeg")):
-        img.convert("RGB").save(path, format="JPEG", quality=90)
-    else:
-        img.save(path, format="PNG")
-
-
-def png_base64(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _write_json(path: str, obj, indent: int | None = None) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, ensure_ascii=False)
-        f.write("\n")
-
-
-def _write_jsonl(path: str, records: list[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ MME
@@ -195,7 +136,7 @@ def make_mme(root: str, rng: random.Random, images_per_subtask: int) -> int:
             os.makedirs(os.path.dirname(txt), exist_ok=True)
             with open(txt, "w", encoding="utf-8") as f:
                 f.writelines(gt_lines)
-    _write_jsonl(os.path.join(root, "MME", "llava_mme.jsonl"), lines)
+    write_jsonl(os.path.join(root, "MME", "llava_mme.jsonl"), lines)
     return len(lines)
 
 
@@ -230,8 +171,8 @@ def make_textvqa(root: str, rng: random.Random) -> int:
                 "question_tokens": question.rstrip("?").split(), "question_id": qid, "set_name": "val",
             })
             qid += 1
-    _write_jsonl(os.path.join(base, "llava_textvqa_val_v051_ocr.jsonl"), lines)
-    _write_json(os.path.join(base, "TextVQA_0.5.1_val.json"),
+    write_jsonl(os.path.join(base, "llava_textvqa_val_v051_ocr.jsonl"), lines)
+    write_json(os.path.join(base, "TextVQA_0.5.1_val.json"),
                 {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": data})
     return len(lines)
 
@@ -273,9 +214,9 @@ def make_scienceqa(root: str, rng: random.Random) -> int:
             "subject": "natural science", "topic": "demo", "category": "Demo", "skill": "demo",
             "lecture": "", "solution": "", "split": "test",
         }
-    _write_json(os.path.join(base, "llava_test_CQM-A.json"), questions, indent=2)
-    _write_json(os.path.join(base, "problems.json"), problems)
-    _write_json(os.path.join(base, "pid_splits.json"),
+    write_json(os.path.join(base, "llava_test_CQM-A.json"), questions, indent=2)
+    write_json(os.path.join(base, "problems.json"), problems)
+    write_json(os.path.join(base, "pid_splits.json"),
                 {"train": [], "val": [], "test": [p[0] for p in plan], "trainval": [], "minitrain": [],
                  "minival": [], "minitest": [p[0] for p in plan]})
     return len(questions)
@@ -327,13 +268,8 @@ def _mmbench_rows(rng: random.Random, lang: str) -> list[dict]:
 
 def make_mmbench(root: str, rng: random.Random, lang: str) -> int:
     folder, split = ("mmbench", "mmbench_dev_20230712") if lang == "en" else ("mmbench_cn", "mmbench_dev_cn_20231003")
-    path = os.path.join(root, folder, split + ".tsv")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     rows = _mmbench_rows(rng, lang)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write("\t".join(MMBENCH_COLUMNS) + "\n")
-        for r in rows:
-            f.write("\t".join(r[c] for c in MMBENCH_COLUMNS) + "\n")
+    write_tsv(os.path.join(root, folder, split + ".tsv"), MMBENCH_COLUMNS, rows)
     return len(rows)
 
 
@@ -355,8 +291,8 @@ def make_mmvet(root: str, rng: random.Random) -> int:
         save_image(draw_scene(rng, shapes, words), os.path.join(base, "images", name))
         lines.append({"question_id": n, "image": name, "text": question, "category": "conv"})
         meta[f"v1_{n}"] = {"imagename": name, "capability": caps, "question": question, "answer": answer}
-    _write_jsonl(os.path.join(base, "llava-mm-vet.jsonl"), lines)
-    _write_json(os.path.join(base, "mm-vet.json"), meta, indent=2)
+    write_jsonl(os.path.join(base, "llava-mm-vet.jsonl"), lines)
+    write_json(os.path.join(base, "mm-vet.json"), meta, indent=2)
     return len(lines)
 
 
@@ -364,7 +300,9 @@ def make_mmvet(root: str, rng: random.Random) -> int:
 
 
 _OWNED = ("MME/llava_mme.jsonl", "textvqa/llava_textvqa_val_v051_ocr.jsonl", "scienceqa/llava_test_CQM-A.json",
-          "mmbench/mmbench_dev_20230712.tsv", "mmbench_cn/mmbench_dev_cn_20231003.tsv", "mm-vet/llava-mm-vet.jsonl")
+          "mmbench/mmbench_dev_20230712.tsv", "mmbench_cn/mmbench_dev_cn_20231003.tsv", "mm-vet/llava-mm-vet.jsonl",
+          "gqa/llava_gqa_testdev_balanced.jsonl", "pope/llava_pope_test.jsonl", "mmstar/MMStar.tsv",
+          "ai2d/AI2D_TEST.tsv", "ocrbench/OCRBench.tsv", "mmmu/MMMU_DEV_VAL.tsv")
 
 
 def build(root: str = "playground/data/eval", seed: int = 0, mme_images: int = 2, force: bool = False) -> dict:
@@ -386,6 +324,12 @@ def build(root: str = "playground/data/eval", seed: int = 0, mme_images: int = 2
         "mmbench": make_mmbench(root, random.Random(f"{seed}-mmbench"), "en"),
         "mmbench_cn": make_mmbench(root, random.Random(f"{seed}-mmbench_cn"), "cn"),
         "mmvet": make_mmvet(root, random.Random(f"{seed}-mmvet")),
+        "gqa": more.make_gqa(root, random.Random(f"{seed}-gqa")),
+        "pope": more.make_pope(root, random.Random(f"{seed}-pope")),
+        "mmstar": more.make_mmstar(root, random.Random(f"{seed}-mmstar")),
+        "ai2d": more.make_ai2d(root, random.Random(f"{seed}-ai2d")),
+        "ocrbench": more.make_ocrbench(root, random.Random(f"{seed}-ocrbench")),
+        "mmmu": more.make_mmmu(root, random.Random(f"{seed}-mmmu")),
     }
     with open(os.path.join(root, MARKER), "w", encoding="utf-8") as f:
         f.write(f"demo data written by llava.tools.make_demo_data (seed {seed}); not a real benchmark\n")
