@@ -8,6 +8,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# The shared tiny model's device: the CPU here; scripts/gpu/checks.sh sets cuda for the tests it reruns there.
+TEST_DEVICE = os.environ.get("ENTROPYPRUNE_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +30,7 @@ def tiny_hf(tmp_path_factory):
 def loaded_tiny(tiny_llava):
     from llava.model.builder import load_pretrained_model
 
-    return load_pretrained_model(tiny_llava, device="cpu")
+    return load_pretrained_model(tiny_llava, device=TEST_DEVICE, torch_dtype="float32")
 
 
 @pytest.fixture(autouse=True)

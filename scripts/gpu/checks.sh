@@ -13,8 +13,13 @@ export PYTHONUNBUFFERED=1
 "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; \
 print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee "$OUT/device.txt"
 
-# 1. Correctness on the GPU: the CPU test suite's reference checks, plus half-precision runs of the tiny model.
-"$PYTHON" -m pytest -q tests/test_llama_reference.py tests/test_prune_hook.py 2>&1 | tail -n 3 | tee "$OUT/tests.txt"
+# 1. Correctness on the GPU: the tests whose shared tiny model then lives on CUDA (decoding, every pruning
+#    method batched, cached and under both attention kernels), and the reference checks of the decoder.
+ENTROPYPRUNE_TEST_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_generation.py tests/test_baselines.py \
+    tests/test_llama_reference.py 2>&1 | tail -n 3 | tee "$OUT/tests.txt"
+
+# 1b. Host-device synchronisations inside one pruned prefill, per method (PyTorch's sync debug mode).
+"$PYTHON" -m llava.bench.sync_check --arch tiny | tee "$OUT/sync.txt"
 
 # 2. Our LlamaModel vs transformers' LlamaForCausalLM, full 32-layer 7B shapes, float16.
 "$PYTHON" -m llava.bench.prefill_vs_hf --layers 32 --repeats 20 --device cuda | tee "$OUT/prefill_vs_hf.txt"
@@ -22,9 +27,15 @@ print(torch.cuda.get_device_name(0), 'torch', torch.__version__)" | tee "$OUT/de
 # 3. Token-entropy scoring: dual vs primal vs official on the GPU.
 "$PYTHON" -m llava.bench.score --device cuda --json "$OUT/score.json" | tee "$OUT/score.txt"
 
-# 4. Table 5 at full size: vanilla vs EntropyPrune at average 192 / 128 / 64, SDPA (and flash-attn if installed).
+# 4. Table 5 at full size: vanilla vs every in-LLM method at average 192 / 128 / 64, SDPA; then flash-attn
+#    when it is installed.
 "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
-    --new-tokens 32 --methods entropy,random --json "$OUT/efficiency.json" | tee "$OUT/efficiency.txt"
+    --new-tokens 32 --methods entropy,fastv,dart,random --json "$OUT/efficiency.json" | tee "$OUT/efficiency.txt"
+if "$PYTHON" -c "import flash_attn" 2>/dev/null; then
+    "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
+        --new-tokens 32 --methods entropy,fastv --attn-implementation flash_attention_2 \
+        --json "$OUT/efficiency_flash.json" | tee "$OUT/efficiency_flash.txt"
+fi
 
 echo
 echo "== summary ($(cat "$OUT/device.txt"))"
