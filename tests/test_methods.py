@@ -112,3 +112,48 @@ def test_random_is_deterministic_per_seed_and_differs_across_seeds():
     alone = fn(make_inputs(method="random", seed=0, images=1), 10)
     assert torch.equal(alone[0][0], kept[0])
     assert torch.equal(kept, top_n(scores, 10))
+
+
+def test_method_options_are_parsed_checked_and_recorded():
+    from dataclasses import dataclass, field
+
+    from entropyprune.options import parse_option_args
+
+    @dataclass
+    class Opts:
+        pivots: int = 4
+        layers: tuple[int, ...] = (8, 16, 24)
+        mode: str = field(default="a", metadata={"choices": ("a", "b")})
+        scale: float = 0.5
+        merge: bool = True
+
+        def check(self):
+            if self.pivots < 1:
+                raise ValueError(f"pivots must be >= 1, got {self.pivots}")
+
+    name = "_test_options"
+    register(name, options=Opts)(lambda inputs, n: None)
+    try:
+        cfg = PruneConfig(method=name, keep=10, options=parse_option_args(["layers=2,8,16", "merge=false"]))
+        opts = cfg.method_options()
+        assert opts == Opts(layers=(2, 8, 16), merge=False)
+        # stored normalised, defaults included: what run records and sidecars write
+        assert cfg.to_dict()["options"] == {"pivots": 4, "layers": [2, 8, 16], "mode": "a", "scale": 0.5,
+                                            "merge": False}
+        assert PruneConfig.from_dict(cfg.to_dict()) == cfg
+        with pytest.raises(ValueError, match=r"--prune-option: nope is not an option of '_test_options'; its "
+                                             r"options are pivots=4; layers=8,16,24; mode=a \(one of a, b\)"):
+            PruneConfig(method=name, keep=10, options={"nope": 1})
+        for bad in ({"pivots": "x"}, {"mode": "c"}, {"scale": "nan"}, {"merge": "maybe"}, {"layers": "1,x"}):
+            with pytest.raises(ValueError, match="not a valid value for '_test_options'"):
+                PruneConfig(method=name, keep=10, options=bad)
+        with pytest.raises(ValueError, match="pivots must be >= 1, got 0"):
+            PruneConfig(method=name, keep=10, options={"pivots": 0})
+        with pytest.raises(ValueError, match="expected NAME=VALUE"):
+            parse_option_args(["pivots"])
+        with pytest.raises(ValueError, match="given twice"):
+            parse_option_args(["pivots=1", "pivots=2"])
+        with pytest.raises(ValueError, match="method 'entropy' has no options"):
+            PruneConfig(method="entropy", keep=10, options={"x": 1})
+    finally:
+        METHODS.pop(name)

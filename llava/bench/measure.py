@@ -1,5 +1,6 @@
 """One measured run of the efficiency benchmark: prefill, decode, KV cache and memory for one row (vanilla or
-a method at a budget), and the timing helpers it needs."""
+a method at a budget), the cache check, and the selection-time and profile measurements (the timing
+primitives themselves are in :mod:`llava.bench.timing`)."""
 
 from __future__ import annotations
 

@@ -56,4 +56,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.utils import run_cli
+
+    run_cli(main)

@@ -4,7 +4,9 @@
 
 LLaVA-1.5-7B's widths (hidden 4096, FFN 11008, 32 heads); `--layers 32` on a GPU is the full model. Both
 models run the same input (620 tokens: a LLaVA-1.5 prompt with one image), interleaved, after a warm-up;
-the table gives medians and the ratio. The output logits are compared too, so a fast wrong model fails.
+the table gives medians and the ratio. The output logits are compared too: past ``--tolerance`` (relative
+to the largest logit; default 1e-4 in float32, 2e-2 in half precision) the command exits with status 1,
+so a fast wrong model fails.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ def build_pair(layers: int, device, dtype, vocab: int = 32000):
     return ours, ref
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=620)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="float16 on a GPU, float32 on the CPU by default")
+    ap.add_argument("--tolerance", type=float, default=None,
+                    help="largest relative logit difference accepted (default 1e-4 float32, 2e-2 half)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
@@ -74,7 +78,14 @@ def main(argv=None) -> None:
     for k, v in med.items():
         print(f"{k:<14}{v * 1e3:>22.1f}")
     print(f"ours / transformers: {med['ours'] / med['transformers']:.3f}")
+    tolerance = args.tolerance if args.tolerance is not None else (1e-4 if dtype == torch.float32 else 2e-2)
+    if not err <= tolerance:
+        print(f"FAILED: the logits differ by {err:.2e} (relative), more than --tolerance {tolerance:g}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from llava.utils import run_cli
+
+    run_cli(main)

@@ -102,4 +102,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from llava.utils import run_cli
+
+    run_cli(main)

@@ -29,6 +29,7 @@ def infer_conv_mode(model_name: str) -> str:
 
 
 def eval_model(args) -> str:
+    prune = prune_config_from_args(args)  # flags are checked before any file is read or model loaded
     model_name = args.model_name or get_model_name_from_path(args.model_path)
     conv_mode = args.conv_mode or infer_conv_mode(model_name)
     get_conv_template(conv_mode)  # fail before loading the model on a bad --conv-mode
@@ -37,7 +38,7 @@ def eval_model(args) -> str:
     tokenizer, model, image_processor, _ = load_pretrained_model(
         args.model_path, args.model_base, model_name, device=args.device, torch_dtype=args.dtype,
         attn_implementation=args.attn_implementation, vision_tower=args.vision_tower,
-        prune=prune_config_from_args(args),
+        prune=prune,
     )
     prompt = build_prompt(args.query, conv_mode, len(images), getattr(model.config, "mm_use_im_start_end", False))
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(model.device)
