@@ -502,7 +502,7 @@ def test_missing_image_is_named_before_loading(tiny_llava, demo, tmp_path):
 def test_malformed_science_json_and_tsv(tiny_llava, tmp_path):
     bad = tmp_path / "q.json"
     bad.write_text('[{"id": "1", "conversations": [{"from": "human", "value": "x"}]},\n{"id": }]')
-    with pytest.raises(EvalInputError, match=r"q\.json:2: malformed JSON"):
+    with pytest.raises(EvalInputError, match=r"q\.json is not valid JSON \(line 2"):
         model_vqa_science.main(["--model-path", tiny_llava, "--question-file", str(bad), "--answers-file",
                                 str(tmp_path / "a.jsonl")])
     tsv = tmp_path / "m.tsv"

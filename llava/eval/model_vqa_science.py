@@ -16,10 +16,9 @@ fixed value).
 
 from __future__ import annotations
 
-import json
 import os
 
-from llava.eval import EvalInputError
+from llava.eval import EvalInputError, load_json
 from llava.eval.driver import build_parser, run
 from llava.eval.questions import Benchmark, Item, open_rgb, prompt_key
 from llava.utils import run_cli
@@ -29,14 +28,7 @@ SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices dir
 
 def load_rows(args) -> list[tuple[dict, str]]:
     path = os.path.expanduser(args.question_file)
-    if not os.path.isfile(path):
-        raise EvalInputError(f"question file not found: {path}. See docs/Evaluation.md (ScienceQA).")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as err:
-            raise EvalInputError(f"{path}:{err.lineno}: malformed JSON ({err.msg}, column {err.colno}); "
-                                 "re-download llava_test_CQM-A.json.") from None
+    data = load_json(path, "question file", "See docs/Evaluation.md (ScienceQA): re-download llava_test_CQM-A.json.")
     if not isinstance(data, list):
         raise EvalInputError(f"{path}: expected a JSON list of questions, got {type(data).__name__}.")
     rows = []
