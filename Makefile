@@ -17,7 +17,7 @@ install-dev:
 
 test: install-dev
 	$(PYTHON) -m ruff check llava entropyprune tests
-	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
 
 lint:
 	$(PYTHON) -m ruff check llava entropyprune tests

@@ -415,9 +415,11 @@ def prefill_flops(
     include_lm_head: bool = False,
     attention: str = "full",
     vision: VisionShape | str | None = None,
+    visual_per_layer: list[int] | None = None,
 ) -> dict[str, Any]:
     """FLOPs of a prefill (plus ``decode_steps`` greedy steps) with ``keep`` visual tokens per image
-    surviving layer ``layer``; ``keep=None`` is the unpruned model.
+    surviving layer ``layer``; ``keep=None`` is the unpruned model. ``visual_per_layer`` (L counts per
+    image) replaces ``layer``/``keep`` for multi-stage schedules (:func:`stage_tokens`), counted exactly.
 
     Returns a dict with the pruned counts (``prefill``, ``decode``, ``lm_head``, ``vision``, ``total``,
     ``terms`` summed over layers and steps, ``per_layer`` rows ``{layer, tokens, prefill, decode,
@@ -447,7 +449,13 @@ def prefill_flops(
         vision = VISION_PRESETS[vision]
 
     full_tokens = [n_text + n_images * n_visual] * L
-    tokens = [n_text + n_images * (n_visual if i < layer else kept) for i in range(L)]
+    if visual_per_layer is not None:
+        if len(visual_per_layer) != L or any(not 0 <= n <= n_visual for n in visual_per_layer):
+            raise ValueError(f"visual_per_layer must hold {L} counts in [0, {n_visual}], got {visual_per_layer}")
+        tokens = [n_text + n_images * n for n in visual_per_layer]
+        kept = visual_per_layer[-1]
+    else:
+        tokens = [n_text + n_images * (n_visual if i < layer else kept) for i in range(L)]
     vis = vision_flops(vision, shape.hidden_size, n_images)["total"] if vision is not None and n_images else 0
 
     def summary(counts: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +479,8 @@ def prefill_flops(
             "per_layer": pruned["per_layer"],
             "tokens_per_layer": tokens,
             "keep": kept,
-            "avg_visual_tokens": average_tokens(L, layer, n_visual, kept),
+            "avg_visual_tokens": (sum(visual_per_layer) / L if visual_per_layer is not None
+                                  else average_tokens(L, layer, n_visual, kept)),
             "baseline": baseline,
             "fraction": out["total"] / baseline["total"],
         }
@@ -489,6 +498,18 @@ def eq16_reduction(shape: LMShape, n: int, n_hat: int, K: int) -> float:
     L = shape.num_layers
     full = paper_layer_flops(n, shape)
     return 1 - (K * full + (L - K) * paper_layer_flops(n_hat, shape)) / (L * full)
+
+
+def stage_tokens(stages, num_layers: int, num_visual: int) -> list[int]:
+    """Visual tokens per image that each of the L layers sees under a schedule of stages
+    (``Stage(layer, keep, merged)``, as :meth:`entropyprune.config.PruneConfig.schedule` gives)."""
+    out, tokens, stages = [], num_visual, sorted(stages, key=lambda st: st.layer)
+    for i in range(num_layers):
+        for st in stages:
+            if st.layer == i:
+                tokens = st.keep + st.merged
+        out.append(tokens)
+    return out
 
 
 def kv_cache_bytes(shape: LMShape, tokens_per_layer: list[int], bytes_per_elem: int = 2) -> int:

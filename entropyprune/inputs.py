@@ -84,6 +84,12 @@ class PruneInputs:
         self._num_heads = num_heads
         self.extras = extras or {}
 
+    def forget(self) -> None:
+        """Drop what was computed on demand, so a second call costs what the first did (benchmarks)."""
+        if self.context is not None:
+            self._states = self._hidden = None
+            self.context.memo.clear()
+
     # -------------------------------------------------------------------------------- image tokens
     @property
     def states(self) -> Tensor:

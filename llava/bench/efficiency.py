@@ -73,6 +73,7 @@ import torch
 from entropyprune.budget import BudgetError, keep_for_budget
 from entropyprune.config import STATES, VARIANTS
 from entropyprune.methods import available_methods, method_stage
+from entropyprune.options import parse_option_args
 from llava.bench.measure import Memory, check_cache, profile_breakdown, run_once
 from llava.bench.table5 import build_rows, format_table, summarise
 from llava.bench.workload import (
@@ -118,6 +119,17 @@ def _parse_scores(items: list[str]) -> dict[str, float]:
     return scores
 
 
+def _parse_method_options(items: list[str], methods: list[str]) -> dict[str, dict[str, str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        method, sep, rest = item.partition(":")
+        if not sep or method not in methods:
+            raise ValueError(f"--method-option {item!r}: expected METHOD:NAME=VALUE with METHOD one of --methods "
+                             f"({', '.join(methods)})")
+        out.setdefault(method, []).append(rest)
+    return {m: parse_option_args(v) for m, v in out.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.bench.efficiency",
                                 description="Measured prefill, latency, KV cache, memory and FLOPs of pruning "
@@ -139,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention kernel of the language model (default: sdpa; flash_attention_2 needs flash-attn, "
                         "CUDA and half precision)")
     p.add_argument("--prune-seed", type=int, default=0)
+    p.add_argument("--method-option", action="append", default=[], metavar="METHOD:NAME=VALUE",
+                   help="an option of one method's rows, e.g. pdrop:layer_list=2,8,16 (repeatable)")
     p.add_argument("--text-tokens", type=int, default=62,
                    help="random-prompt mode: non-visual tokens (default 62, an MME prompt)")
     p.add_argument("--questions", help="a LLaVA question file (jsonl with 'text' and 'image'); needs --model-path")
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"{err}; --budget-layers 32 applies the 32-layer (LLaVA-1.5-7B) rule to a shallower model"
             ) from None
     rows = build_rows(methods, budgets, args.layer, budget_layers, args.entropy_variant, args.prune_states,
-                      args.prune_seed, num_visual)
+                      args.prune_seed, num_visual, _parse_method_options(args.method_option, methods))
 
     if args.questions:
         prompts = question_prompts(args.questions, args.num_questions, tokenizer, image_processor, model,

@@ -36,7 +36,8 @@ class Row:
     peak_delta: list[int] = field(default_factory=list)
     inline: list[float] = field(default_factory=list)
     per_prompt: dict[int, dict[str, Any]] = field(default_factory=dict)
-    captured: Any = None  # the PruneInputs the method saw, for timing it on its own
+    captured: Any = None  # [(PruneInputs, n_keep)] of one prefill's method calls, for timing them on their own
+    calls_per_prefill: int = 1  # method calls in one prefill: stages x groups of images
 
 
 class _TimedMethod:
@@ -47,7 +48,9 @@ class _TimedMethod:
 
     def __call__(self, inputs, n_keep: int):
         if self.row.captured is None:
-            self.row.captured = (inputs, n_keep)
+            self.row.captured = []
+        if len(self.row.captured) < self.row.calls_per_prefill:
+            self.row.captured.append((inputs, n_keep))
         if not self.inline:
             return self.fn(inputs, n_keep)
         start = time.perf_counter()
@@ -128,6 +131,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     hook = model._prune_hook(splice)
     if hook is not None:
         hook.method = _TimedMethod(hook.method, row, inline=device.type == "cpu")
+        row.calls_per_prefill = len(hook.plans) * len(hook.groups)
     cache = KVCache(len(lm.layers), extra=new_tokens)
     mask = splice.attention_mask if splice.has_padding else None
     hidden, _ = lm(splice.inputs_embeds, splice.position_ids, mask, cache, hook)
@@ -192,11 +196,18 @@ def time_selection(row: Row, repeats: int, device: torch.device) -> tuple[float 
     from entropyprune.methods import get_method
     from entropyprune.score import token_entropy
 
-    inputs, n_keep = row.captured
     method = get_method(row.prune.method)
+
+    def select_all():
+        # Every stage's call, each from scratch: nothing a method computed on demand is reused.
+        for inputs, n_keep in row.captured:
+            inputs.forget()
+            method(inputs, n_keep)
+
     with torch.inference_mode():
-        select = median_seconds(lambda: method(inputs, n_keep), repeats, device)
+        select = median_seconds(select_all, repeats, device)
         score = None
+        inputs = row.captured[0][0]
         if row.prune.method == "entropy":
             states = inputs.states
             score = median_seconds(

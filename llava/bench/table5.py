@@ -20,12 +20,28 @@ GIB, MIB = 2**30, 2**20
 
 
 def build_rows(methods: list[str], budgets: list[float], layer: int, budget_layers: int, variant: str,
-               states: str, seed: int, num_visual: int = 576) -> list[Row]:
+               states: str, seed: int, num_visual: int = 576, options: dict | None = None) -> list[Row]:
+    """Vanilla, then each method at each average budget.
+
+    A single-stage method keeps the N that the budget rule gives over ``budget_layers`` layers (32: the
+    LLaVA-1.5-7B rule, also on a shallower CPU preset). A multi-stage method's schedule is its own rule
+    applied to the model's real depth, so it needs a model deep enough for its layers.
+    """
+    from entropyprune.methods import get_spec
+
     rows = [Row("vanilla", "vanilla", None, None, None)]
     for method in methods:
+        opts = (options or {}).get(method, {})
         for avg in budgets:
-            keep = PruneConfig(method=method, layer=layer, avg_tokens=avg).resolve(budget_layers, num_visual)
-            cfg = PruneConfig(method=method, layer=layer, keep=keep, variant=variant, states=states, seed=seed)
+            avg = int(avg) if float(avg).is_integer() else avg
+            if get_spec(method).schedule is None:
+                keep = PruneConfig(method=method, layer=layer, avg_tokens=avg, options=opts).resolve(
+                    budget_layers, num_visual)
+                cfg = PruneConfig(method=method, layer=layer, keep=keep, variant=variant, states=states, seed=seed,
+                                  options=opts)
+            else:
+                cfg = PruneConfig(method=method, layer=layer, avg_tokens=avg, options=opts)
+                keep = None
             rows.append(Row(f"{method}@{avg:g}", method, avg, keep, cfg))
     return rows
 
@@ -44,9 +60,10 @@ def summarise(rows: list[Row], model, vision: F.VisionShape | None, meta: dict[s
             n_text = res["n_total"] - sum(res["visual"])
             v = res["visual"][0]
             keep = res["kept"][0] if row.prune is not None else None
+            per_layer = res["visual_by_layer"][0] if row.prune is not None else None
             counts = F.prefill_flops(shape, n_text=n_text, n_visual=v, n_images=len(res["visual"]),
                                      layer=row.prune.layer if row.prune is not None else 0, keep=keep,
-                                     vision=vision)
+                                     vision=vision, visual_per_layer=per_layer)
             fractions.append(counts["fraction"])
             totals.append(counts["total"])
             kv_vis.append(2 * sum(n - n_text for n in res["lengths"]) * width * res["elem"])
@@ -61,11 +78,10 @@ def summarise(rows: list[Row], model, vision: F.VisionShape | None, meta: dict[s
             "method": row.method,
             "label": row.label,
             "avg_tokens": row.avg_tokens if row.avg_tokens is not None else first["visual"][0],
-            "keep": row.keep if row.keep is not None else first["visual"][0],
+            "keep": first["kept"][0],
             "layer": row.prune.layer if row.prune is not None else None,
-            "avg_tokens_this_model": (F.average_tokens(shape.num_layers, row.prune.layer, first["visual"][0],
-                                                       row.keep) if row.prune is not None
-                                      else first["visual"][0]),
+            "visual_per_layer": first["visual_by_layer"][0],
+            "avg_tokens_this_model": statistics.fmean(first["visual_by_layer"][0]),
             "text_tokens": first["n_total"] - sum(first["visual"]),
             "visual_tokens": first["visual"][0],
             "layer_lengths": first["lengths"],
