@@ -109,6 +109,11 @@ def _flops_arguments(p: argparse.ArgumentParser) -> None:
         help="also run the real model (full size, meta device) under torch's FlopCounterMode and print the "
         "measured count next to the analytic one (full attention, as the meta-device SDPA computes it)",
     )
+    p.add_argument("--method", default=None,
+                   help="a multi-stage method (pdrop, sparsevlm): count its schedule for the budget exactly, "
+                        "stage by stage (single-stage methods need no --method)")
+    p.add_argument("--prune-option", action="append", default=None, metavar="NAME=VALUE",
+                   help="an option of --method (repeatable), e.g. layer_list=2,8,16")
     p.add_argument("--json", action="store_true", help="print one JSON object and nothing else")
 
 
@@ -122,8 +127,26 @@ def _layer_groups(tokens: list[int]) -> list[tuple[int, int, int]]:
     return groups
 
 
-def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int) -> dict:
+def _schedule(args: argparse.Namespace, shape: F.LMShape) -> list | None:
+    """The stages of a multi-stage --method for this budget, or None (one stage at --layer)."""
+    if args.method is None:
+        if args.prune_option:
+            raise ValueError("--prune-option needs --method")
+        return None
+    from entropyprune.config import PruneConfig
+    from entropyprune.options import parse_option_args
+
+    cfg = PruneConfig(method=args.method, layer=args.layer, keep=args.keep, avg_tokens=args.avg_tokens,
+                      ratio=args.ratio, options=parse_option_args(args.prune_option))
+    return cfg.schedule(shape.num_layers, args.visual_tokens)
+
+
+def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int, stages: list | None = None) -> dict:
     L, K, V = shape.num_layers, args.layer, args.visual_tokens
+    per_layer = None
+    if stages is not None:
+        per_layer = F.stage_tokens(stages, L, V)
+        K, keep = stages[0].layer, per_layer[-1]
     res = F.prefill_flops(
         shape,
         n_text=args.text_tokens,
@@ -135,16 +158,19 @@ def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int) -> dict
         include_lm_head=args.lm_head,
         attention=args.attention,
         vision="clip-vit-l-14-336" if args.vision else None,
+        visual_per_layer=per_layer,
     )
     removed = 1 - keep / V if V else 0.0
     n_vis = args.images * V
     eq16 = F.eq16_reduction(shape, n_vis, args.images * keep, K) if n_vis else 0.0
     kv_tokens = [row["kv_tokens"] for row in res["per_layer"]]
     kv_full = [args.text_tokens + args.images * V + args.decode_steps] * L
-    vis_tokens = [args.images * (V if i < K else keep) for i in range(L)]
+    vis_tokens = [args.images * (per_layer[i] if per_layer else (V if i < K else keep)) for i in range(L)]
     budget = next(name for name in ("keep", "avg_tokens", "ratio") if getattr(args, name) is not None)
     return {
         "model": args.model,
+        "method": args.method,
+        "stages": None if stages is None else [asdict(st) for st in stages],
         "shape": asdict(shape),
         "layer": K,
         "budget": {"kind": budget, "value": getattr(args, budget)},
@@ -186,10 +212,15 @@ def _print_flops_table(rep: dict, shape: F.LMShape) -> None:
         f"model      {rep['model']}: {s.num_layers} layers, d={s.hidden_size}, m={s.intermediate_size}, "
         f"{s.num_heads} heads ({s.num_kv_heads} kv) x {s.head_dim}, vocab {s.vocab_size}"
     )
-    print(
-        f"budget     {flag} {budget['value']} -> keep {rep['keep']} of {V} visual tokens per image after "
-        f"layer {K} (average {rep['avg_visual_tokens']:.1f} over {s.num_layers} layers)"
-    )
+    if rep.get("stages"):
+        plan = ", ".join(f"{st['keep'] + st['merged']} from layer {st['layer']}" for st in rep["stages"])
+        print(f"budget     {rep['method']} {flag} {budget['value']} -> {plan} of {V} visual tokens per image "
+              f"(average {rep['avg_visual_tokens']:.1f} over {s.num_layers} layers)")
+    else:
+        print(
+            f"budget     {flag} {budget['value']} -> keep {rep['keep']} of {V} visual tokens per image after "
+            f"layer {K} (average {rep['avg_visual_tokens']:.1f} over {s.num_layers} layers)"
+        )
     parts = []
     for first, last, n in _layer_groups(rep["tokens_per_layer"]):
         span = f"layer {first}" if first == last else f"layers {first}-{last}"
@@ -249,7 +280,10 @@ def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(exc))
     if args.text_tokens + args.images * args.visual_tokens == 0:
         parser.error("--text-tokens 0 with no visual tokens: the prompt is empty")
-    rep = _flops_report(args, shape, keep)
+    stages = _schedule(args, shape)
+    if stages is not None and args.measured:
+        parser.error("--measured counts single-stage pruning only; drop --method or --measured")
+    rep = _flops_report(args, shape, keep, stages)
     cmp = None
     if args.measured:
         from llava.tools import flops_measured as M

@@ -230,3 +230,28 @@ def test_batch_mixing_image_and_text_only_rows(loaded_tiny):
     alone_b = model.generate(b[None], max_new_tokens=6)
     assert together[0, : alone_a.shape[1]].tolist() == alone_a[0].tolist()
     assert together[1, : alone_b.shape[1]].tolist() == alone_b[0].tolist()
+
+
+def test_entropy_scores_every_image_size_in_one_eigen_solve(loaded_tiny, monkeypatch):
+    # Two images of different sizes in one batch are two groups; their tokens are scored in one call.
+    from entropyprune.methods import entropy as entropy_module
+    from llava.constants import IMAGE_TOKEN_INDEX
+
+    tok, model, _, _ = loaded_tiny
+    d = model.config.hidden_size
+    g = torch.Generator().manual_seed(3)
+    feats = [torch.randn(576, d, generator=g), torch.randn(300, d, generator=g)]
+    ids = torch.tensor([[1, 5, 6, IMAGE_TOKEN_INDEX, 7, IMAGE_TOKEN_INDEX, 8, 9]])
+    calls = []
+    real = entropy_module.token_entropy
+    monkeypatch.setattr(entropy_module, "token_entropy", lambda x, *a, **k: calls.append(x.shape) or real(x, *a, **k))
+    model.set_prune(PruneConfig(layer=K, ratio=0.25))
+    splice = model.splice_multimodal(ids, None, None, None, image_features=feats)
+    hook = model._prune_hook(splice)
+    with torch.no_grad():
+        model.get_model()(splice.inputs_embeds, splice.position_ids, None, None, hook)
+    assert len(calls) == 1 and calls[0][0] == 576 + 300
+    recs = [stages[0] for stages in model.get_model().prune_trace[0]]
+    assert [r.length for r in recs] == [576, 300] and [r.kept.numel() for r in recs] == [144, 75]
+    for r in recs:  # each image still ranked on its own scores
+        assert r.kept.tolist() == top_n(r.scores, r.kept.numel()).tolist()
