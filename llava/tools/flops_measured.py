@@ -42,7 +42,6 @@ The module imports the model lazily: ``entropyprune`` otherwise depends on torch
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,16 +55,6 @@ __all__ = ["MEASURED_TERMS", "measured_flops", "compare", "format_comparison"]
 MEASURED_TERMS = ("q_proj", "k_proj", "v_proj", "o_proj", "attention", "ffn")
 
 _LAYER_MODULE = re.compile(r"(?:^|\.)layers\.(\d+)\.(self_attn(?:\.([qkvo])_proj)?|mlp)$")
-
-
-@dataclass
-class _Splice:
-    """The four attributes of ``llava.model.llava_arch.Splice`` that ``PruneHook`` reads."""
-
-    inputs_embeds: torch.Tensor
-    image_spans: list[list[tuple[int, int]]]
-    lengths: list[int]
-    padding_side: str = "left"
 
 
 def _llava_config(shape: F.LMShape, vision: F.VisionShape | None):
@@ -161,6 +150,7 @@ def measured_flops(
     from entropyprune.hook import PruneHook
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from llava.model.language_model.modeling_llama import KVCache
+    from llava.model.llava_arch import Splice
 
     shape = F.resolve_shape(shape)
     if isinstance(vision, str):
@@ -194,7 +184,9 @@ def measured_flops(
         hook = None
         if keep is not None and spans:
             cfg = PruneConfig(method=method_name, layer=layer, keep=keep)
-            hook = PruneHook(cfg, _Splice(x, [spans], [total_len]), model.config)
+            splice = Splice(x, torch.ones(1, total_len, dtype=torch.bool, device=x.device), pos, None, [spans],
+                            [total_len], "left")
+            hook = PruneHook(cfg, splice, model.config)
         cache = KVCache(shape.num_layers, extra=decode_steps)
         with FlopCounterMode(display=False) as counter:
             hidden, _ = lm(x, pos, None, cache, hook)
