@@ -59,6 +59,7 @@ class _Group:
     members: list  # (row, image index in the row)
     stages: list  # [Stage]
     original: list = field(default_factory=list)  # per stage: [I, v] device tensor of original indices
+    first: torch.Tensor | None = None  # [I] host: each image's first slot in the splice (input_embeds)
 
 
 @dataclass
@@ -100,6 +101,8 @@ class PruneHook:
                     by_size[v] = _Group([], cfg.schedule(num_layers, v))
                 by_size[v].members.append((b, j))
         self.groups = list(by_size.values())
+        for g in self.groups:
+            g.first = _host([splice.image_spans[b][j][0] for b, j in g.members])
         layers = sorted({s.layer for g in self.groups for s in g.stages})
         for g in self.groups:
             if [s.layer for s in g.stages] != layers:
@@ -220,8 +223,10 @@ class PruneHook:
                 original = torch.arange(v, device=device)[None].expand(len(g.members), -1)
             else:
                 original = g.original[s - 1]
+            span = self.image_spans[g.members[0][0]][g.members[0][1]][1]
+            original_slots = dev(g.first)[:, None] + torch.arange(span, device=device)[None]
             inputs = PruneInputs(config=self.cfg, options=self.options, context=ctx, rows=rows, slots=slots,
-                                 original=original)
+                                 original=original, original_slots=original_slots)
             ctx.groups.append(inputs)
             work.append((g, stage, stage_in, rows, cur_first, new_first, inputs))
         writes = []

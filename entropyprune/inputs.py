@@ -72,13 +72,14 @@ class PruneInputs:
     def __init__(self, states: Tensor | None = None, hidden: Tensor | None = None, num_heads: int | None = None,
                  config: PruneConfig | None = None, options: Any = None, *, context: StageContext | None = None,
                  rows: Tensor | None = None, slots: Tensor | None = None, original: Tensor | None = None,
-                 extras: dict | None = None):
+                 original_slots: Tensor | None = None, extras: dict | None = None):
         self.config = config
         self.options = options
         self.context = context
         self.rows = rows  # [I] batch row of each image
         self.slots = slots  # [I, v] current slot of each of the image's tokens
         self.original = original  # [I, v] index of each token in the image's original span (-1: merged)
+        self.original_slots = original_slots  # [I, V0] slots of the image's original tokens in input_embeds
         self._states = states
         self._hidden = hidden
         self._num_heads = num_heads
