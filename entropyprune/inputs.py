@@ -40,6 +40,7 @@ class StageContext:
     text_slots_original: Tensor | None = None  # [B, Lt] the instruction's slots in input_embeds
     groups: list = field(default_factory=list)  # every PruneInputs of this stage
     memo: dict = field(default_factory=dict)
+    text_lengths: list | None = None  # host ints: instruction tokens of each row (None: a row without images)
 
     def cached(self, key: Any, fn: Callable[[], Any]) -> Any:
         if key not in self.memo:
