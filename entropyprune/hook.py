@@ -125,6 +125,8 @@ class PruneHook:
                 pieces.append(["text", off + n_real - cursor])
             rows.append(pieces)
         self.orig_text = self._text_slots(rows, [t0 - n if left else 0 for n in splice.lengths], tails)
+        # Known on the host, so a method can reject a prompt it cannot handle without a device sync.
+        self.text_lengths = [self._text_length(pieces, tail) for pieces, tail in zip(rows, tails, strict=True)]
 
         self.plans: list[_StagePlan] = []
         cur_t = t0
@@ -195,6 +197,13 @@ class PruneHook:
             mask[b, : len(s)] = True
         return _host(slots), (mask.pin_memory() if torch.cuda.is_available() else mask)
 
+    @staticmethod
+    def _text_length(pieces, tail):
+        """How many instruction tokens (text after the last image, to the prompt end) a row has; None
+        for a row without images."""
+        last = max((i for i, p in enumerate(pieces) if p[0] == "image"), default=None)
+        return None if last is None else sum(p[-1] for p in pieces[last + 1:]) - tail
+
     def offset(self, layer: int):
         """Position offset of the cache segment that starts at `layer` (renumbering methods), or None."""
         return self.plans[self._stage_of_layer[layer]].offset
@@ -209,8 +218,8 @@ class PruneHook:
 
         text_slots, text_mask = plan.text_slots, plan.text_mask
         ctx = StageContext(layer, hidden, capture, position_ids, valid, dev(plan.last_slot), dev(text_slots),
-                           dev(text_mask), model, self.splice_embeds, dev(self.orig_text[0]))
-        ctx.text_mask_original = dev(self.orig_text[1])
+                           dev(text_mask), model, self.splice_embeds, dev(self.orig_text[0]),
+                           dev(self.orig_text[1]), text_lengths=self.text_lengths)
         # A copy: the kept positions are written into it, and the plan itself stays as built.
         index = plan.index.to(device, non_blocking=True, copy=True)
         work = []

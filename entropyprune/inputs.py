@@ -38,8 +38,10 @@ class StageContext:
     model: Any = None  # the language model (``layers``, ``norm``, ``rotary_emb``), for next-layer states
     input_embeds: Tensor | None = None  # [B, T0, D] the prompt's embeddings before layer 0 (original slots)
     text_slots_original: Tensor | None = None  # [B, Lt] the instruction's slots in input_embeds
+    text_mask_original: Tensor | None = None  # [B, Lt] bool
     groups: list = field(default_factory=list)  # every PruneInputs of this stage
     memo: dict = field(default_factory=dict)
+    text_lengths: list | None = None  # host ints: instruction tokens of each row (None: a row without images)
 
     def cached(self, key: Any, fn: Callable[[], Any]) -> Any:
         if key not in self.memo:
