@@ -217,7 +217,8 @@ class PruneHook:
             return x.to(device, non_blocking=True)
 
         text_slots, text_mask = plan.text_slots, plan.text_mask
-        ctx = StageContext(layer, hidden, capture, position_ids, valid, dev(plan.last_slot), dev(text_slots),
+        # The capture dict is refilled by later layers: the stage keeps its own references to layer K-1's states.
+        ctx = StageContext(layer, hidden, dict(capture), position_ids, valid, dev(plan.last_slot), dev(text_slots),
                            dev(text_mask), model, self.splice_embeds, dev(self.orig_text[0]),
                            dev(self.orig_text[1]), text_lengths=self.text_lengths)
         # A copy: the kept positions are written into it, and the plan itself stays as built.

@@ -145,3 +145,76 @@ def test_fastv_keeps_the_top_n_of_transformers_eager_attention(hf_and_ours, k):
     torch.testing.assert_close(rec.scores.cpu(), scores, rtol=1e-4, atol=1e-6)
     assert rec.kept.tolist() == top_n(scores, 64).tolist()
     ours.set_prune(None)
+
+
+# ------------------------------------------------------------------------------------ the framework itself
+
+
+def _register_temporary(name, fn, **kw):
+    from entropyprune.methods import register
+
+    register(name, **kw)(fn)
+    return name
+
+
+def test_replacement_embeddings_take_the_kept_slots(loaded_tiny):
+    # A method may hand back new hidden states for its kept tokens: the layers from K on see exactly those.
+    from entropyprune.methods import Selection, get_method
+
+    tok, model, proc, _ = loaded_tiny
+    ids = _ids(tok, "What is it?")[None]
+    px = process_images([make_image(seed=38)], proc, model.config)
+    entropy = get_method("entropy")
+
+    def identity(inputs, n):
+        kept, scores = entropy(inputs, n)
+        return Selection(kept, scores, embeds=inputs.hidden.gather(1, kept[..., None].expand(-1, -1,
+                                                                                            inputs.hidden.shape[-1])))
+
+    def doubled(inputs, n):
+        sel = identity(inputs, n)
+        return Selection(sel.kept, sel.scores, embeds=2 * sel.embeds)
+
+    try:
+        for name, fn in (("_identity", identity), ("_doubled", doubled)):
+            _register_temporary(name, fn)
+        model.set_prune(PruneConfig(method="entropy", layer=2, keep=50))
+        plain = model(ids, images=px).logits
+        model.set_prune(PruneConfig(method="_identity", layer=2, keep=50))
+        assert torch.equal(model(ids, images=px).logits, plain)
+        model.set_prune(PruneConfig(method="_doubled", layer=2, keep=50))
+        changed = model(ids, images=px).logits
+        assert changed.shape == plain.shape and not torch.allclose(changed, plain)
+        rec = model.get_model().prune_trace[0][0][0]
+        assert rec.kept.numel() == 50 and rec.merged == 0
+    finally:
+        METHODS.pop("_identity", None)
+        METHODS.pop("_doubled", None)
+
+
+@pytest.mark.parametrize("name", ["entropy", "random"])
+def test_entropy_and_random_work_at_every_stage_of_a_schedule(loaded_tiny, name):
+    # Their selection reads only the current image tokens, so a schedule of several stages just works:
+    # each later stage ranks the survivors of the one before by their own scores.
+    from entropyprune.methods import Stage, get_method
+
+    tok, model, proc, _ = loaded_tiny
+    ids = _ids(tok, "What is it?")[None]
+    px = process_images([make_image(seed=39)], proc, model.config)
+    staged = f"_staged_{name}"
+    try:
+        _register_temporary(staged, get_method(name), schedule=lambda cfg, opts, L, V: [Stage(1, 300), Stage(3, 60)])
+        model.set_prune(PruneConfig(method=staged, layer=1, keep=300))
+        model(ids, images=px)
+        first, second = model.get_model().prune_trace[0][0]
+        assert (first.layer, first.kept.numel(), second.layer, second.kept.numel()) == (1, 300, 3, 60)
+        assert first.kept.tolist() == top_n(first.scores, 300).tolist()
+        survivors = first.kept
+        assert second.scores.shape == (300,)
+        assert second.kept.tolist() == survivors[top_n(second.scores, 60)].tolist()  # original indices
+        assert model.get_model().prune_trace  # and generation works through both stages
+        a = model.generate(ids, images=px, max_new_tokens=4)
+        b = model.generate(ids, images=px, max_new_tokens=4, use_cache=False)
+        assert a.tolist() == b.tolist()
+    finally:
+        METHODS.pop(staged, None)

@@ -579,3 +579,20 @@ def test_prune_layer_auto_is_resolved_before_recording(tiny_llava, tiny, demo, t
     model_vqa.main(args, loaded=tiny)
     meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())
     assert meta["layer"] == 1 and meta["settings"]["prune"]["layer"] == 1
+
+
+def test_method_options_are_recorded_and_a_resume_with_others_is_refused(tiny_llava, tiny, demo, tmp_path):
+    answers = tmp_path / "a.jsonl"
+    dart = ["--prune-method", "dart", "--prune-keep", "68"]
+    model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet", *dart, "--prune-option", "pivot_text=4"),
+                   loaded=tiny)
+    meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())
+    # Every option is written, defaults included, in the settings and beside the budget.
+    assert meta["settings"]["prune"]["options"] == {"pivot_image": 4, "pivot_text": 4, "max_num_trunction": 0}
+    assert meta["method_options"] == meta["settings"]["prune"]["options"] and meta["kept_tokens"] == 68
+    # The same options spelled differently (a default made explicit) are the same settings: nothing to redo.
+    model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet", *dart), loaded=tiny)
+    assert len(read_lines(answers)) == 4
+    with pytest.raises(EvalInputError, match="other settings"):
+        model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet", *dart, "--prune-option", "pivot_text=2"),
+                       loaded=tiny)

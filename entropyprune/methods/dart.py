@@ -34,7 +34,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from entropyprune.methods import PruneInputs, Selection, Stage, register
@@ -298,9 +297,14 @@ def dart(inputs: PruneInputs, n_keep: int) -> Selection:
     candidate.scatter_(1, image_pivots, False)
     every = torch.arange(images, device=slots.device)
     if per > 0:
+        # Every pivot's cosine similarity to every image token in one batched product (the norms once),
+        # as F.cosine_similarity computes it: x.y / max(|x| |y|, eps).
+        image_norms = torch.linalg.vector_norm(image_vecs, dim=-1)  # [I, v]
+        pivot_norms = torch.linalg.vector_norm(pivot_vecs, dim=-1)  # [I, pivots]
+        cosine = torch.einsum("ivd,ipd->ipv", image_vecs, pivot_vecs) / (
+            image_norms[:, None, :] * pivot_norms[:, :, None]).clamp_min(1e-8)  # [I, pivots, v]
         for t in range(pivots):
-            pivot = pivot_vecs[every, order[:, t]]  # [I, D]
-            dissimilar = -F.cosine_similarity(pivot[:, None, :], image_vecs, dim=-1)  # [I, v]
+            dissimilar = -cosine[every, order[:, t]]  # [I, v]
             dissimilar = dissimilar.masked_fill(~candidate, float("-inf"))
             taken = _top_desc(dissimilar, per)  # [I, per]
             candidate.scatter_(1, taken, False)

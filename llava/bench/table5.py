@@ -27,21 +27,22 @@ def build_rows(methods: list[str], budgets: list[float], layer: int, budget_laye
     LLaVA-1.5-7B rule, also on a shallower CPU preset). A multi-stage method's schedule is its own rule
     applied to the model's real depth, so it needs a model deep enough for its layers.
     """
-    from entropyprune.methods import get_spec
-
     rows = [Row("vanilla", "vanilla", None, None, None)]
     for method in methods:
         opts = (options or {}).get(method, {})
         for avg in budgets:
             avg = int(avg) if float(avg).is_integer() else avg
-            if get_spec(method).schedule is None:
-                keep = PruneConfig(method=method, layer=layer, avg_tokens=avg, options=opts).resolve(
-                    budget_layers, num_visual)
+            probe = PruneConfig(method=method, layer=layer, avg_tokens=avg, variant=variant, states=states,
+                                seed=seed, options=opts)
+            stages = probe.schedule(budget_layers, num_visual)
+            if len(stages) == 1 and not stages[0].merged:
+                # One stage: keep what the budget gives over budget_layers layers (what a method realises,
+                # e.g. DART's pivot multiples), also on a shallower model.
+                keep = stages[0].keep
                 cfg = PruneConfig(method=method, layer=layer, keep=keep, variant=variant, states=states, seed=seed,
                                   options=opts)
             else:
-                cfg = PruneConfig(method=method, layer=layer, avg_tokens=avg, options=opts)
-                keep = None
+                cfg, keep = probe, None
             rows.append(Row(f"{method}@{avg:g}", method, avg, keep, cfg))
     return rows
 
