@@ -106,11 +106,27 @@ class LlavaConfig:
 
     @classmethod
     def from_pretrained(cls, path: str) -> LlavaConfig:
+        """config.json of the folder `path`; every error with it names the file."""
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"no config.json in model folder {path!r}")
-        with open(cfg_path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+        if str(raw.get("model_type", "")).startswith(("llava_next", "llava_onevision")) or str(
+                raw.get("image_aspect_ratio", "")).startswith("anyres"):
+            raise NotImplementedError(
+                f"{cfg_path} describes a LLaVA-1.6 (LLaVA-NeXT, anyres) model, which is not supported; "
+                "use a LLaVA-1.5 checkpoint"
+            )
+        try:
+            return cls.from_dict(raw)
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as err:
+            raise ValueError(f"{cfg_path}: {err}") from err
 
     def to_dict(self) -> dict:
         """config.json in LLaVA's layout (what `make_tiny_checkpoint --format llava` writes)."""
