@@ -19,6 +19,13 @@ _VISION_DEFAULTS = dict(  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
 )
 
 
+_FIELD_TYPES = {  # annotation -> (accepted types, in words) for the fields read from config.json
+    "int": (int, "an integer"), "int | None": (int, "an integer"),
+    "float": ((int, float), "a number"), "bool": (bool, "true or false"),
+    "str": (str, "a string"), "str | None": (str, "a string"),
+}
+
+
 @dataclass
 class LlavaConfig:
     # the Llama language model
@@ -61,6 +68,13 @@ class LlavaConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # a wrong type fails here, by name, not deep in the model
+            want = _FIELD_TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if want is None or value is None:  # null: what the model does with it decides
+                continue
+            if not isinstance(value, want[0]) or (want[0] is not bool and isinstance(value, bool)):
+                raise ValueError(f"{f.name!r} must be {want[1]}, got {value!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
