@@ -27,7 +27,7 @@ def load_image(path_or_url: str) -> Image.Image:
     try:
         with Image.open(path_or_url) as img:
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path_or_url}: {err}; is it a valid PNG/JPEG file?") from err
 
 
@@ -46,13 +46,67 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     return canvas
 
 
+# The padded square is built for real only when the exact replay cannot stand in for it (another resampling
+# filter, a non-RGB image, a processor without a plain square resize); up to this many pixels.
+MAX_CANVAS_PIXELS = 8192 * 8192
+
+
+def _size_field(size, name):
+    return size.get(name) if isinstance(size, dict) else getattr(size, name, None)
+
+
+def _square_target(image_processor) -> tuple[int, int] | None:
+    """(width, height) that the processor resizes a square to, when it is one plain PIL resize."""
+    from llava.square_resize import FILTERS
+
+    size = getattr(image_processor, "size", None)
+    resample = getattr(image_processor, "resample", None)
+    if not getattr(image_processor, "do_resize", False) or size is None or resample is None:
+        return None
+    if int(resample) not in FILTERS:
+        return None
+    edge, longest = _size_field(size, "shortest_edge"), _size_field(size, "longest_edge")
+    if edge and not longest and not _size_field(size, "height"):
+        return int(edge), int(edge)  # a square's shortest edge to `edge`: edge x edge
+    height, width = _size_field(size, "height"), _size_field(size, "width")
+    if height and width and not edge:
+        return int(width), int(height)
+    return None
+
+
+def pad_to_square_for(image: Image.Image, background_color, image_processor) -> Image.Image:
+    """What the processor gets in LLaVA's `pad` mode: `expand2square(image, background_color)`, or, without
+    building that square, the square already resized as the processor would resize it (bit for bit the same;
+    the processor's own resize then changes nothing). Memory grows with the image, not with the square."""
+    from llava.square_resize import exact_here, resize_padded_square
+
+    width, height = image.size
+    if width == height:
+        return image
+    target = _square_target(image_processor)
+    if target is not None and image.mode == "RGB" and exact_here():
+        return resize_padded_square(image, tuple(background_color), target, int(image_processor.resample))
+    side = max(width, height)
+    if side * side > MAX_CANVAS_PIXELS:
+        raise ValueError(
+            f"image of {width}x{height} pixels: padding it to a {side}x{side} square would need "
+            f"{side * side * 4 / 2**30:.1f} GiB; convert it to RGB (or use a bicubic/bilinear CLIP processor) so "
+            "that it is resized without the square"
+        )
+    return expand2square(image, background_color)
+
+
 def _pixel_values(image_processor, image) -> torch.Tensor:
     out = image_processor(images=image, return_tensors="pt")
     return out["pixel_values"][0]
 
 
 def process_images(images, image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
-    """Preprocess PIL images as LLaVA-1.5 does: pad to square with the CLIP mean colour, then CLIP resize/crop."""
+    """Preprocess PIL images as LLaVA-1.5 does: pad to square with the CLIP mean colour, then CLIP resize/crop.
+
+    The result is LLaVA's to the bit; the square itself is not built (see `pad_to_square_for`), so a
+    20000 x 1 image costs what its pixels cost, not a 20000 x 20000 canvas.
+    """
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
     if aspect == "anyres":
         raise NotImplementedError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported yet")
@@ -60,7 +114,7 @@ def process_images(images, image_processor, model_cfg) -> torch.Tensor | list[to
     for image in images:
         if aspect == "pad":
             fill = tuple(int(x * 255) for x in image_processor.image_mean)
-            image = expand2square(image, fill)
+            image = pad_to_square_for(image, fill, image_processor)
         new_images.append(_pixel_values(image_processor, image))
     if all(x.shape == new_images[0].shape for x in new_images):
         return torch.stack(new_images, dim=0)

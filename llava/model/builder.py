@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from llava.model.checkpoint import load_weights, meta_parameters, weight_files
+from llava.model.checkpoint import TOWER, check_complete, load_weights, meta_parameters, read_json, weight_files
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
 DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -88,6 +88,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device) -> torch.device:
+    """`device` ("cuda", "cuda:1", "cpu", a torch.device; None: cuda when available) as a torch.device that this
+    torch build and machine can use; otherwise a ValueError naming it."""
+    name = device if device is not None else default_device()
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device {name!r} is not a device: {err} (use cpu, cuda or cuda:N)") from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+            raise ValueError(f"--device {name!r}: {why} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"--device {name!r}: MPS is not available in this torch build or machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: only cpu, cuda and mps devices are supported")
+    return dev
+
+
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
                           device_map="auto", device=None, torch_dtype=None, attn_implementation="sdpa",
                           use_flash_attn=False, vision_tower=None, prune=None, **kwargs):
@@ -113,7 +135,7 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         attn_implementation = "flash_attention_2"
     if isinstance(device_map, dict) and "" in device_map and device is None:
         device = device_map[""]
-    device = torch.device(device or default_device())
+    device = resolve_device(device)
     if torch_dtype is not None:
         torch_dtype = parse_dtype(torch_dtype)
     dtype = torch_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
@@ -128,35 +150,35 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         warnings.warn("vision_tower is ignored for transformers-format checkpoints: the tower is in the checkpoint",
                       stacklevel=2)
 
+    files = weight_files(path)  # before the tower loads: a checkpoint without weights fails at once
     with torch.device("meta"):
         model = LlavaLlamaForCausalLM(config)
     tower = model.get_vision_tower()
     if config.checkpoint_format == "llava":
-        # As in LLaVA: the tower is not in the checkpoint; its own pretrained weights are loaded.
+        # As in LLaVA: the tower is not in the checkpoint; its own pretrained weights are loaded. A checkpoint
+        # trained with the tower unfrozen (unfreeze_mm_vision_tower) holds its tuned tower, which LLaVA reads.
         tower.load_model(dtype=dtype)
         tower.to(device)
-        skip = ("model.vision_tower.",)
+        tower_from_checkpoint = bool(config.extra.get("unfreeze_mm_vision_tower"))
     else:
         from llava.model.multimodal_encoder.builder import build_vision_tower
-        from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
         # Built off the meta device so that CLIP's non-persistent buffers (position ids) are real tensors.
         tower = model.model.vision_tower = build_vision_tower(config).to(device=device, dtype=dtype)
-        proc_dir = path if os.path.isfile(os.path.join(path, "preprocessor_config.json")) else None
-        processor_cls = clip_image_processor_class()
-        default = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-        tower.image_processor = processor_cls.from_pretrained(proc_dir) if proc_dir else processor_cls(**default)
+        tower.image_processor = load_image_processor(path)
         tower.is_loaded = True
-        skip = ()
-    unexpected = load_weights(model, weight_files(path), config.checkpoint_format, device, dtype, skip)
-    if config.tie_word_embeddings and model.lm_head.weight.is_meta:
+        tower_from_checkpoint = True
+    report = load_weights(model, files, config.checkpoint_format, device, dtype, tower_from_checkpoint)
+    if config.tie_word_embeddings and "lm_head.weight" not in report.loaded:
         model.lm_head.weight = model.model.embed_tokens.weight
+        report.loaded["lm_head.weight"] = "(tied to model.embed_tokens.weight)"
+    # Every parameter from the checkpoint; for LLaVA-format ones the tower's came from its own checkpoint.
+    expected = [n for n, _ in model.named_parameters()
+                if config.checkpoint_format == "hf" or not n.startswith(TOWER)]
+    check_complete(model, report, path, expected)
     missing = meta_parameters(model)
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} weight(s) the config needs: {shown}")
-    if unexpected:
-        warnings.warn(f"{len(unexpected)} checkpoint key(s) were not used, e.g. {unexpected[0]}", stacklevel=2)
+    if missing:  # cannot happen after check_complete; kept as the last guard against a random-free model
+        raise ValueError(f"checkpoint {path} left {len(missing)} parameter(s) unset, e.g. {missing[0]}")
     model.model.rotary_emb.reset_parameters(device)
     model.model.set_attn_implementation(attn_implementation)
     model.eval()
@@ -165,8 +187,30 @@ def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bi
         model.set_prune(prune)
 
     tokenizer = load_tokenizer(path)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(
+            f"the tokenizer in {path} has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{config.vocab_size}: the tokenizer files do not belong to these weights"
+        )
     context_len = config.max_sequence_length or 2048
     return tokenizer, model, tower.image_processor, context_len
+
+
+def load_image_processor(path: str):
+    """The CLIP image processor of a transformers-format checkpoint: its preprocessor_config.json."""
+    from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
+
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"{file} is missing: transformers-format checkpoints carry the image preprocessing settings "
+            "(copy it from the checkpoint's source, e.g. llava-hf/llava-1.5-7b-hf)"
+        )
+    read_json(file)
+    return clip_image_processor_class().from_pretrained(path)
+
+
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 
 
 def load_tokenizer(path: str):
@@ -174,16 +218,17 @@ def load_tokenizer(path: str):
 
     AutoTokenizer would resolve through config.json's `model_type` ("llava"), which on recent transformers
     gives a generic tokenizer without SentencePiece's leading "▁" on each chunk; name the Llama class instead.
+    Without tokenizer.model or tokenizer.json transformers builds an almost empty vocabulary (3 tokens)
+    without a word of complaint; that is an error here.
     """
-    import json
-
     from transformers import AutoTokenizer, LlamaTokenizer
 
+    if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"no tokenizer in {path!r}: expected tokenizer.model (SentencePiece, LLaVA's format) or tokenizer.json"
+        )
     cfg_file = os.path.join(path, "tokenizer_config.json")
-    cls_name = None
-    if os.path.isfile(cfg_file):
-        with open(cfg_file, encoding="utf-8") as f:
-            cls_name = json.load(f).get("tokenizer_class")
+    cls_name = read_json(cfg_file).get("tokenizer_class") if os.path.isfile(cfg_file) else None
     try:
         if cls_name in ("LlamaTokenizer", "LlamaTokenizerFast"):
             return LlamaTokenizer.from_pretrained(path)

@@ -19,6 +19,13 @@ _VISION_DEFAULTS = dict(  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
 )
 
 
+_FIELD_TYPES = {  # annotation -> (accepted types, in words) for the fields read from config.json
+    "int": (int, "an integer"), "int | None": (int, "an integer"),
+    "float": ((int, float), "a number"), "bool": (bool, "true or false"),
+    "str": (str, "a string"), "str | None": (str, "a string"),
+}
+
+
 @dataclass
 class LlavaConfig:
     # the Llama language model
@@ -61,6 +68,13 @@ class LlavaConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):  # a wrong type fails here, by name, not deep in the model
+            want = _FIELD_TYPES.get(str(f.type))
+            value = getattr(self, f.name)
+            if want is None or value is None:  # null: what the model does with it decides
+                continue
+            if not isinstance(value, want[0]) or (want[0] is not bool and isinstance(value, bool)):
+                raise ValueError(f"{f.name!r} must be {want[1]}, got {value!r}")
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -106,11 +120,27 @@ class LlavaConfig:
 
     @classmethod
     def from_pretrained(cls, path: str) -> LlavaConfig:
+        """config.json of the folder `path`; every error with it names the file."""
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"no config.json in model folder {path!r}")
-        with open(cfg_path) as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+        if str(raw.get("model_type", "")).startswith(("llava_next", "llava_onevision")) or str(
+                raw.get("image_aspect_ratio", "")).startswith("anyres"):
+            raise NotImplementedError(
+                f"{cfg_path} describes a LLaVA-1.6 (LLaVA-NeXT, anyres) model, which is not supported; "
+                "use a LLaVA-1.5 checkpoint"
+            )
+        try:
+            return cls.from_dict(raw)
+        except (TypeError, ValueError, KeyError, AttributeError, ZeroDivisionError) as err:
+            raise ValueError(f"{cfg_path}: {err}") from err
 
     def to_dict(self) -> dict:
         """config.json in LLaVA's layout (what `make_tiny_checkpoint --format llava` writes)."""

@@ -33,6 +33,12 @@ class CLIPVisionTower(nn.Module):
             cfg = CLIPVisionConfig(**vision_config)
         else:
             local = os.path.isdir(vision_tower)
+            if local:
+                from llava.model.checkpoint import read_json
+
+                if not os.path.isfile(os.path.join(vision_tower, "config.json")):
+                    raise FileNotFoundError(f"vision tower {vision_tower!r} has no config.json")
+                read_json(os.path.join(vision_tower, "config.json"))
             cfg = CLIPVisionConfig.from_pretrained(vision_tower, local_files_only=local)
         self.vision_tower = CLIPVisionModel(cfg)
         self.vision_tower.requires_grad_(False)
@@ -40,15 +46,42 @@ class CLIPVisionTower(nn.Module):
         self.is_loaded = False
 
     def load_model(self, dtype: torch.dtype | None = None) -> None:
-        """Load the tower's pretrained weights and image processor from its folder or hub id."""
+        """Load the tower's pretrained weights and image processor from its folder or hub id.
+
+        Every weight of the tower must be in its checkpoint (transformers would initialise a missing one at
+        random and carry on). Unused tensors are an error too, except those of the CLIP model around the
+        vision half (openai's checkpoints hold the text tower as well) and position-id buffers.
+        """
         from transformers import CLIPVisionModel
 
-        local = os.path.isdir(self.vision_tower_name)
-        model = CLIPVisionModel.from_pretrained(self.vision_tower_name, local_files_only=local)
+        from llava.model.checkpoint import read_json, weight_files
+
+        name = self.vision_tower_name
+        local = os.path.isdir(name)
+        if local:
+            if not os.path.isfile(os.path.join(name, "preprocessor_config.json")):
+                raise FileNotFoundError(f"vision tower {name!r} has no preprocessor_config.json")
+            read_json(os.path.join(name, "preprocessor_config.json"))
+            weight_files(name)  # an error naming the folder when it holds no weights
+        try:
+            model, info = CLIPVisionModel.from_pretrained(name, local_files_only=local, output_loading_info=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # a corrupt weights file: transformers' message may not say which tower
+            raise ValueError(f"cannot load the vision tower {name!r}: {type(err).__name__}: {err}") from err
+        missing = sorted(info.get("missing_keys") or ())
+        mismatched = sorted(str(k) for k in info.get("mismatched_keys") or ())
+        unused = sorted(k for k in info.get("unexpected_keys") or () if not _clip_extra(k))
+        if missing or mismatched or unused:
+            parts = [f"{len(v)} {what}: {', '.join(v[:5])}" + (" ..." if len(v) > 5 else "")
+                     for what, v in (("weight(s) missing from its weights", missing),
+                                     ("weight(s) with another shape", mismatched),
+                                     ("tensor(s) matching no weight", unused)) if v]
+            raise ValueError(f"vision tower {name!r} does not fit its config.json: " + "; ".join(parts))
         self.vision_tower = model.to(dtype) if dtype is not None else model
         self.vision_tower.requires_grad_(False)
         processor_cls = clip_image_processor_class()
-        self.image_processor = processor_cls.from_pretrained(self.vision_tower_name, local_files_only=local)
+        self.image_processor = processor_cls.from_pretrained(name, local_files_only=local)
         self.is_loaded = True
 
     def feature_select(self, hidden_states) -> torch.Tensor:
@@ -83,3 +116,10 @@ class CLIPVisionTower(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.num_patches_per_side ** 2
+
+
+def _clip_extra(key: str) -> bool:
+    """Tensors of a full CLIPModel checkpoint that CLIPVisionModel does not use, and position-id buffers."""
+    return (key.startswith(("text_model.", "text_projection", "visual_projection", "logit_scale"))
+            or key.endswith("position_ids"))
+
