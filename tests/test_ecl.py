@@ -22,6 +22,7 @@ from llava import cli
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.tools import ecl as T
 from tests.conftest import make_image, vicuna_prompt
+from tests.references import rope
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -154,16 +155,6 @@ def test_layer_states_without_collapse_give_none():
 # ------------------------------------------------------------------------------------------ state capture
 
 
-def _rope(x, pos, theta=10000.0):
-    # Llama's half-split rotary embedding, written here from its definition (float64 angles).
-    d = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = pos.double()[:, None] * inv[None]
-    cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
 def test_captured_states_equal_projections_with_rope_applied_in_the_test(loaded_tiny):
     # Reference: every layer's q_proj/k_proj outputs (forward hooks), rotated by the test's own RoPE.
     tok, model, proc, _ = loaded_tiny
@@ -186,7 +177,7 @@ def test_captured_states_equal_projections_with_rope_applied_in_the_test(loaded_
         attn = layer.self_attn
         for state, heads in (("query", attn.num_heads), ("key", attn.num_kv_heads)):
             x = outputs[(state, i)][start:start + length].view(length, heads, attn.head_dim).transpose(0, 1)
-            ref = _rope(x, pos).transpose(0, 1).reshape(length, -1)
+            ref = rope(x, pos).transpose(0, 1).reshape(length, -1)
             # float32 angles in the model against float64 here: ~1e-4 at positions near 600; a wrong layer,
             # position or rotation is off by O(1).
             torch.testing.assert_close(per_state[state][i], ref, rtol=1e-3, atol=3e-4)

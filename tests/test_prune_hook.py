@@ -4,7 +4,6 @@ The reference decoder below is written from the layers' weights with its own RoP
 recomputes everything from scratch at every step: no cache, no shared attention code with the model.
 """
 
-import math
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from entropyprune.methods import top_n
 from entropyprune.score import token_entropy
 from llava.mm_utils import process_images, tokenizer_image_token
 from tests.conftest import make_image, vicuna_prompt
+from tests.references import ref_layer, rope
 
 K = 2
 
@@ -28,37 +28,6 @@ def _inputs(loaded, question="What is it?", seed=0, n_images=1):
     return ids, pixels
 
 
-def _rope(x, pos, theta=10000.0):
-    d = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = pos.double()[:, None] * inv[None]  # [T, d/2]
-    cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-def _ref_layer(layer, x, pos):
-    """One decoder layer, plain causal attention over x [T, D] at positions pos [T]."""
-    att = layer.self_attn
-    h, d = att.num_heads, att.head_dim
-
-    def norm(mod, v):
-        return mod.weight * (v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon))
-
-    a = norm(layer.input_layernorm, x)
-    q = _rope((a @ att.q_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
-    k = _rope((a @ att.k_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
-    v = (a @ att.v_proj.weight.T).view(-1, h, d).transpose(0, 1)
-    t = x.shape[0]
-    scores = q @ k.transpose(1, 2) / math.sqrt(d)
-    scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
-    out = (scores.softmax(-1) @ v).transpose(0, 1).reshape(t, h * d)
-    x = x + out @ att.o_proj.weight.T
-    m = layer.mlp
-    b = norm(layer.post_attention_layernorm, x)
-    return x + (torch.nn.functional.silu(b @ m.gate_proj.weight.T) * (b @ m.up_proj.weight.T)) @ m.down_proj.weight.T
-
-
 def _ref_logits(model, embeds, kept_abs):
     """Logits of the last token: full sequence through layers < K, kept tokens (gapped positions) after."""
     x = embeds
@@ -66,7 +35,7 @@ def _ref_logits(model, embeds, kept_abs):
     for i, layer in enumerate(model.model.layers):
         if i == K:
             x, pos = x[kept_abs], pos[kept_abs]
-        x = _ref_layer(layer, x, pos)
+        x, _ = ref_layer(layer, x, pos)
     n = model.model.norm
     x = n.weight * (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + n.variance_epsilon))
     return x[-1] @ model.lm_head.weight.T
@@ -101,7 +70,7 @@ def test_kept_tokens_are_top_entropy_of_layer_k_minus_1_queries(loaded_tiny):
             q = captured["q"][0]  # [T, h*d], the full prefill (layer K-1 still sees every token)
             h = model.config.num_attention_heads
             qh = q.view(q.shape[0], h, -1).transpose(0, 1)
-            qh = _rope(qh, torch.arange(q.shape[0])).transpose(0, 1)  # [T, h, d]
+            qh = rope(qh, torch.arange(q.shape[0])).transpose(0, 1)  # [T, h, d]
             span = qh[rec.start: rec.start + rec.length]
             scores = token_entropy(span, h, variant=variant)
             assert rec.length == 576 and rec.kept.shape == (100,)

@@ -16,6 +16,7 @@ from entropyprune.methods import Stage
 from entropyprune.methods.sparsevlm import dpc_knn_merge, raters, recycle_counts
 from llava.mm_utils import process_images, tokenizer_image_token
 from tests.conftest import make_image, vicuna_prompt
+from tests.references import ref_layer
 
 TINY = {"pruning_loc": "0,1,2", "token_list": "300,120,40"}  # stage layers 1, 2, 3 of the 4-layer model
 
@@ -233,38 +234,6 @@ def test_dpc_knn_each_token_its_own_cluster_when_c_equals_m():
 
 
 # ------------------------------------------------------------------------------------------ reference decoder
-def _rope(x, pos, theta=10000.0):
-    d = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
-    ang = pos.double()[:, None] * inv[None]
-    cos, sin = torch.cos(ang).float(), torch.sin(ang).float()
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-def _ref_layer(layer, x, pos):
-    """One decoder layer on x [T, D] at positions pos; also its attention probabilities [h, T, T]."""
-    att = layer.self_attn
-    h, d = att.num_heads, att.head_dim
-
-    def norm(mod, v):
-        return mod.weight * (v / torch.sqrt(v.pow(2).mean(-1, keepdim=True) + mod.variance_epsilon))
-
-    a = norm(layer.input_layernorm, x)
-    q = _rope((a @ att.q_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
-    k = _rope((a @ att.k_proj.weight.T).view(-1, h, d).transpose(0, 1), pos)
-    v = (a @ att.v_proj.weight.T).view(-1, h, d).transpose(0, 1)
-    t = x.shape[0]
-    logits = (q @ k.transpose(1, 2) / math.sqrt(d)).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(),
-                                                                float("-inf"))
-    probs = logits.softmax(-1)
-    x = x + (probs @ v).transpose(0, 1).reshape(t, h * d) @ att.o_proj.weight.T
-    m = layer.mlp
-    b = norm(layer.post_attention_layernorm, x)
-    out = x + (torch.nn.functional.silu(b @ m.gate_proj.weight.T) * (b @ m.up_proj.weight.T)) @ m.down_proj.weight.T
-    return out, probs
-
-
 def _ref_run(model, embeds, start, prompt_len, loc, counts, recycle=True, renumber=True):
     """The official forward for one prompt (+ generated tokens after prompt_len). Returns the last token's
     logits and, per stage, (kept tokens as original indices, -1 for an earlier merged one; merged count)."""
@@ -277,7 +246,7 @@ def _ref_run(model, embeds, start, prompt_len, loc, counts, recycle=True, renumb
     ids = list(range(n_img))  # original index of each current visual token
     v_num, records = n_img, []
     for li, layer in enumerate(model.model.layers):
-        x, probs = _ref_layer(layer, x, pos)
+        x, probs = ref_layer(layer, x, pos)
         if li not in loc:
             continue
         avg = probs.mean(0)
