@@ -133,18 +133,23 @@ def answer_stream(model, pairs: Iterable[tuple[Any, Prepared]], batch_size: int 
     size = max(window or batch_size, batch_size)
     bucket = window is not None and size > 1
     pairs = iter(pairs)
-    while True:
-        gathered: list[tuple[Any, Prepared]] = []
-        error: Exception | None = None
-        try:
-            for pair in pairs:
-                gathered.append(pair)
-                if len(gathered) == size:
-                    break
-        except Exception as err:  # raised below, after the answers gathered before it
-            error = err
-        yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs)
-        if error is not None:
-            raise error
-        if len(gathered) < size:
-            return
+    try:
+        while True:
+            gathered: list[tuple[Any, Prepared]] = []
+            error: Exception | None = None
+            try:
+                for pair in pairs:
+                    gathered.append(pair)
+                    if len(gathered) == size:
+                        break
+            except Exception as err:  # raised below, after the answers gathered before it
+                error = err
+            yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs)
+            if error is not None:
+                raise error
+            if len(gathered) < size:
+                return
+    finally:
+        close = getattr(pairs, "close", None)  # stop a background loader when the run stops early
+        if close is not None:
+            close()

@@ -26,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any
 
@@ -352,11 +353,11 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, dynamic_ncols=True)
     make = bench.make_record or default_record
     ahead = max(2, args.batch_size, args.bucket_window or 0)  # the next batch (window) is ready when needed
-    with AnswerWriter(shard.answers_file) as writer:
-        for item, output_ids in answer_stream(
-                model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
-                do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
-                num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True):
+    stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
+                           do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
+                           num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
+    with AnswerWriter(shard.answers_file) as writer, closing(stream):
+        for item, output_ids in stream:
             text = decode_answer(tokenizer, output_ids)
             writer.write(make(item, text, shortuuid.uuid(), model_name))
             bar.update(1)
