@@ -8,6 +8,10 @@ import pytest
 CASES = [
     (["-m", "llava.bench.efficiency", "--methods", "nope"], "--methods: 'nope' is not a registered method"),
     (["-m", "llava.bench.efficiency", "--budgets", "x"], "--budgets 'x': expected a comma-separated list"),
+    (["-m", "llava.bench.throughput", "--arch", "tiny", "--batch-sizes", "0,2"],
+     "--batch-sizes '0,2': expected integers >= 1"),
+    (["-m", "llava.bench.throughput", "--arch", "tiny", "--methods", "none,nope"],
+     "--methods: 'nope' is not a registered in-LLM method"),
     (["-m", "llava.cli", "report", "/nonexistent/results"], "/nonexistent/results"),
     (["-m", "llava.tools.make_demo_data", "--root", "/proc/version/x"], "error"),
     (["-m", "llava.eval.eval_mme", "--answers-file", "/nonexistent.jsonl", "--mme-dir", "/nonexistent"], "not found"),

@@ -162,6 +162,12 @@ def test_flags_llava_spellings_and_defaults():
     assert (args.top_p, args.num_beams, args.max_new_tokens) == (0.9, 1, 7)
     args = driver.build_parser("x", 128).parse_args([*REQUIRED, "--top_p", "0.5", "--num-beams", "1"])
     assert args.top_p == 0.5 and args.max_new_tokens == 128
+    assert (args.batch_size, args.bucket_window) == (1, None)  # LLaVA's one question per model call
+    args = driver.build_parser("x", 128).parse_args([*REQUIRED, "--batch-size", "8", "--bucket-window", "64"])
+    assert (args.batch_size, args.bucket_window) == (8, 64)
+    for bad in (["--batch-size", "0"], ["--bucket-window", "0"], ["--batch-size", "two"]):
+        with pytest.raises(SystemExit):
+            driver.build_parser("x", 128).parse_args([*REQUIRED, *bad])
 
 
 def test_impossible_budget_is_one_clear_error(tiny_llava, tiny, demo, tmp_path):
@@ -596,3 +602,177 @@ def test_method_options_are_recorded_and_a_resume_with_others_is_refused(tiny_ll
     with pytest.raises(EvalInputError, match="other settings"):
         model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet", *dart, "--prune-option", "pivot_text=2"),
                        loaded=tiny)
+
+
+# ------------------------------------------------------------------------------------------------ batching
+
+# driver, its arguments (model, demo data, answers file -> argv), the pruning flags its runs use.
+BATCH_CASES = {
+    "loader": (model_vqa_loader, lambda m, d, a: loader_args(m, d, a, "textvqa"),
+               ["--prune-method", "entropy", "--prune-keep", "166"]),
+    "model_vqa": (model_vqa, lambda m, d, a: loader_args(m, d, a, "mmvet"),
+                  ["--prune-method", "fastv", "--prune-layer", "1", "--prune-ratio", "0.25"]),
+    "science": (model_vqa_science, sqa_args,  # image and text-only questions mixed
+                ["--prune-method", "random", "--prune-keep", "29", "--prune-seed", "3"]),
+    "mmbench": (model_vqa_mmbench, lambda m, d, a: mmbench_args(m, d, a, "en"),
+                ["--prune-method", "entropy", "--prune-avg-tokens", "300"]),
+    "tsv": (model_vqa_tsv, lambda m, d, a: tsv_args(m, os.path.join(d, "mmmu", "MMMU_DEV_VAL.tsv"), a),
+            ["--prune-method", "entropy", "--prune-keep", "64"]),  # MMMU: rows with one and two images
+}
+
+
+@pytest.fixture
+def answered(tiny, monkeypatch):
+    """Per question, in the order answered: the new token ids decoded, and the prune trace of its row."""
+    import llava.decoding
+
+    seen = {"ids": [], "trace": []}
+    decode = llava.decoding.decode_answer
+
+    def spy_decode(tokenizer, ids):
+        seen["ids"].append(ids.tolist())
+        return decode(tokenizer, ids)
+
+    original = type(tiny[1]).generate
+
+    def spy_generate(self, *a, **k):
+        out = original(self, *a, **k)
+        seen["trace"] += [[[(r.layer, r.length, r.kept.tolist()) for r in stages] for stages in row]
+                          for row in self.get_model().prune_trace]
+        return out
+
+    monkeypatch.setattr(llava.decoding, "decode_answer", spy_decode)
+    monkeypatch.setattr(type(tiny[1]), "generate", spy_generate)
+
+    def take():
+        got = {k: list(v) for k, v in seen.items()}
+        for v in seen.values():
+            v.clear()
+        return got
+
+    return take
+
+
+def _answers(path):
+    return [{k: v for k, v in line.items() if k != "answer_id"} for line in read_lines(path)]
+
+
+@pytest.mark.parametrize("case", sorted(BATCH_CASES))
+def test_batch_of_b_equals_single_runs(tiny_llava, tiny, demo, tmp_path, monkeypatch, answered, case):
+    module, make_args, prune = BATCH_CASES[case]
+
+    def run(name, *extra):
+        answers = tmp_path / f"{name}.jsonl"
+        args = make_args(tiny_llava, demo, answers)
+        args[args.index("--max-new-tokens") + 1] = "6"
+        module.main([*args, *prune, *extra], loaded=tiny)
+        return answers, answered()
+
+    _, free = run("free")
+    # The second token of the first answer becomes EOS, so rows stop at different steps within a batch.
+    monkeypatch.setattr(tiny[1].config, "eos_token_id", free["ids"][0][1])
+    single, ref = run("b1")
+    assert len({len(ids) for ids in ref["ids"]}) > 1, case
+    assert ref["ids"][0] == free["ids"][0][:2]
+    n = len(ref["ids"])
+    for batch, extra in ((3, ()), (n, ()), (2, ("--bucket-window", str(n)))):
+        answers, got = run(f"b{batch}{'w' if extra else ''}", "--batch-size", str(batch), *extra)
+        assert _answers(answers) == _answers(single), (case, batch, extra)
+        assert got["ids"] == ref["ids"], (case, batch, extra)
+        if not extra:  # in question order: the rows' traces line up with the single runs' ones
+            assert got["trace"] == ref["trace"], (case, batch)
+        meta = json.loads((tmp_path / f"{answers.name}.meta.json").read_text())
+        assert (meta["batch_size"], meta["bucket_window"]) == (batch, int(extra[1]) if extra else None)
+        assert meta["settings"] == json.loads((tmp_path / "b1.jsonl.meta.json").read_text())["settings"]
+        assert "batch_size" not in json.dumps(meta["settings"]) and meta["complete"] is True
+    assert any(ref["trace"]) and ([] in ref["trace"]) == (case == "science")  # text-only rows have no images
+
+
+def test_resume_after_an_interruption_in_the_middle_of_a_batch(tiny_llava, tiny, demo, tmp_path, monkeypatch):
+    args = loader_args(tiny_llava, demo, tmp_path / "full.jsonl", "textvqa", "--prune-method", "entropy",
+                       "--prune-keep", "100")
+    model_vqa_loader.main(args, loaded=tiny)
+    reference = _answers(tmp_path / "full.jsonl")
+    assert len(reference) == 5
+
+    # 1. The model raises in its second batch (questions 3-4 of 5 at batch size 2): the first batch is kept.
+    gen = type(tiny[1]).generate
+    calls = []
+
+    def failing(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated crash in the second batch")
+        return gen(self, *a, **k)
+
+    answers = tmp_path / "a.jsonl"
+    args[args.index("--answers-file") + 1] = str(answers)
+    monkeypatch.setattr(type(tiny[1]), "generate", failing)
+    with pytest.raises(RuntimeError, match="second batch"):
+        model_vqa_loader.main([*args, "--batch-size", "2"], loaded=tiny)
+    monkeypatch.setattr(type(tiny[1]), "generate", gen)
+    kept = read_lines(answers)
+    assert _answers(answers) == reference[:2]
+    assert json.loads((tmp_path / "a.jsonl.meta.json").read_text())["complete"] is False
+    # Resumed at another batch size: no refusal (batch size is not a setting), nothing lost or repeated.
+    model_vqa_loader.main([*args, "--batch-size", "3"], loaded=tiny)
+    assert _answers(answers) == reference
+    assert [r["answer_id"] for r in read_lines(answers)[:2]] == [r["answer_id"] for r in kept]
+    meta = json.loads((tmp_path / "a.jsonl.meta.json").read_text())
+    assert meta["complete"] is True and meta["batch_size"] == 3 and meta["answers"] == 5
+
+    # 2. Killed while writing the second answer of a batch of three: a complete line, then half a line.
+    killed = tmp_path / "k.jsonl"
+    args[args.index("--answers-file") + 1] = str(killed)
+    write = answer_file.AnswerWriter.write
+    writes = []
+
+    def dying(self, record):
+        writes.append(record)
+        if len(writes) == 2:
+            line = json.dumps(record) + "\n"
+            self._f.write(line[: len(line) // 2])
+            self._f.flush()
+            raise KeyboardInterrupt
+        write(self, record)
+
+    monkeypatch.setattr(answer_file.AnswerWriter, "write", dying)
+    with pytest.raises(KeyboardInterrupt):
+        model_vqa_loader.main([*args, "--batch-size", "3"], loaded=tiny)
+    monkeypatch.setattr(answer_file.AnswerWriter, "write", write)
+    (first,) = answer_file.read_answers(str(killed))  # the half line is not an answer
+    assert not killed.read_text().endswith("\n")
+    with pytest.warns(UserWarning, match="partial last line"):
+        model_vqa_loader.main([*args, "--batch-size", "2", "--bucket-window", "4"], loaded=tiny)
+    assert _answers(killed) == reference
+    assert read_lines(killed)[0]["answer_id"] == first["answer_id"]
+
+
+@pytest.mark.parametrize("batch, extra", [(1, ()), (3, ()), (4, ()), (2, ("--bucket-window", "4"))])
+def test_bad_image_in_a_batch_stops_with_its_name_and_keeps_earlier_answers(tiny_llava, tiny, demo, tmp_path,
+                                                                            batch, extra):
+    root = tmp_path / "eval"
+    shutil.copytree(os.path.join(demo, "mm-vet"), root / "mm-vet")
+    (root / "mm-vet" / "images" / "v1_2.png").write_bytes(b"not a png")  # present, so the pre-check passes
+    answers = tmp_path / "a.jsonl"
+    args = loader_args(tiny_llava, str(root), answers, "mmvet", "--batch-size", str(batch), *extra)
+    with pytest.raises(EvalInputError, match=r"cannot read image .*v1_2\.png"):
+        model_vqa.main(args, loaded=tiny)
+    # The two questions before the bad one are answered and on disk, as at batch size 1; nothing after it.
+    good = tmp_path / "good.jsonl"
+    model_vqa.main(loader_args(tiny_llava, demo, good, "mmvet"), loaded=tiny)
+    assert _answers(answers) == _answers(good)[:2]
+
+
+def test_chunks_run_at_different_batch_sizes_merge_into_the_single_run(tiny_llava, tiny, demo, tmp_path):
+    single = tmp_path / "single.jsonl"
+    model_vqa.main(loader_args(tiny_llava, demo, single, "mmvet"), loaded=tiny)
+    parts = []
+    for idx, batch in enumerate((1, 2)):
+        part = tmp_path / f"2_{idx}.jsonl"
+        model_vqa.main(loader_args(tiny_llava, demo, part, "mmvet", "--num-chunks", "2", "--chunk-idx", str(idx),
+                                   "--batch-size", str(batch)), loaded=tiny)
+        parts.append(str(part))
+    meta = answer_file.merge_answers(str(tmp_path / "m.jsonl"), parts)  # batch size is no setting: no refusal
+    assert _answers(tmp_path / "m.jsonl") == _answers(single)
+    assert meta["batch_size"] == [1, 2] and meta["bucket_window"] is None and meta["complete"] is True

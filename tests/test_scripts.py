@@ -42,7 +42,7 @@ def run_script(name, tiny_llava, eval_root, results, cwd=REPO, **env):
         **env,
     }
     for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME",
-                "BENCHMARKS"):
+                "BENCHMARKS", "BATCH_SIZE", "BUCKET_WINDOW"):
         if var not in env:
             full_env.pop(var, None)
     return subprocess.run(["bash", os.path.join(SCRIPTS, name)], cwd=cwd, env=full_env, capture_output=True,
@@ -182,6 +182,25 @@ def test_two_gpu_chunks_merged_in_order(tiny_llava, demo, tmp_path):
     record = load(results / "mmvet" / "chunked.json")
     # AVG_TOKENS=300 on 4 layers after layer 2: N = (4*300 - 2*576) // 2 = 24, averaging exactly 300.
     assert (record["keep"], record["avg_tokens"], record["budget"]) == (24, 300.0, {"avg_tokens": 300})
+
+
+def test_batch_size_from_the_environment_gives_the_same_answers(tiny_llava, demo, tmp_path):
+    results = tmp_path / "results"
+    runs = {"one": {}, "batched": {"BATCH_SIZE": "3", "BUCKET_WINDOW": "4"}}
+    for name, env in runs.items():
+        proc = run_script("sqa.sh", tiny_llava, demo, results, METHOD="entropy", LAYER="2", KEEP="64",
+                          RUN_NAME=name, **env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    def answers(name):
+        lines = read_lines(os.path.join(demo, "scienceqa", "answers", f"{name}.jsonl"))
+        return [(r["question_id"], r["prompt"], r["text"]) for r in lines]
+
+    assert answers("batched") == answers("one") and len(answers("one")) == 5
+    one, batched = load(results / "sqa" / "one.json"), load(results / "sqa" / "batched.json")
+    assert (one["batch_size"], one["bucket_window"]) == (1, None)
+    assert (batched["batch_size"], batched["bucket_window"]) == (3, 4)
+    assert batched["score"] == one["score"]
 
 
 def test_missing_data_is_one_clear_error(tiny_llava, tmp_path):

@@ -4,7 +4,9 @@
   resumes: questions already answered are skipped (no duplicates), a partial last line left by a killed
   run is cut off and that question is answered again.
 - A sidecar `<answers-file>.meta.json`: the settings that shape the answers (checked on resume, so one
-  file never mixes two configurations), the pruning config, N kept and its average-token equivalent.
+  file never mixes two configurations), the pruning config, N kept and its average-token equivalent, and
+  for information how the run was batched (`batch_size`, `bucket_window`: not settings, since answers are
+  the same at any batch size, so a file may be resumed at another batch size).
 - Merging chunk files into one, refusing incomplete chunks or mixed settings:
 
     python -m llava.eval.driver merge --output answers/ckpt.jsonl answers/ckpt/2_0.jsonl answers/ckpt/2_1.jsonl
@@ -25,6 +27,8 @@ from llava.eval import EvalInputError, load_json, write_json
 from llava.eval.questions import Benchmark, Item, answer_stub
 
 META_SUFFIX = ".meta.json"
+# Sidecar fields that describe how a run went, not what the answers are: a merged sidecar keeps each chunk's.
+RUN_INFO = ("batch_size", "bucket_window")
 
 
 def utc_now() -> str:
@@ -222,6 +226,9 @@ def merge_answers(output: str, parts: list[str]) -> dict:
                                      f"({', '.join(diff)}); they cannot be merged")
         merged = {k: v for k, v in first.items() if k not in ("chunk", "questions", "answers", "complete")}
         merged["questions"] = sum(m.get("questions", 0) for _, m in known)
+        for key in RUN_INFO:
+            values = [m.get(key) for _, m in known]
+            merged[key] = values[0] if all(v == values[0] for v in values) else values  # one per chunk
     if len(known) != len(metas):
         missing = [p for p, m in metas if m is None]
         warnings.warn(f"no sidecar for {', '.join(missing)}; the merged sidecar cannot vouch for them",

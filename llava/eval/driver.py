@@ -9,6 +9,9 @@ process answers: `--num-chunks/--chunk-idx` or torchrun's RANK/WORLD_SIZE) and `
   --temperature --top_p ...`, the spellings with dashes too), the pruning flags and `--device --dtype
   --attn-implementation --vision-tower`.
 - Images are decoded and preprocessed in a background thread while the model generates.
+- `--batch-size B` questions per model call (default 1, as LLaVA), `--bucket-window W` to batch questions of
+  similar prompt length (`llava.eval.batching`). Answers are the same at any batch size and are written in
+  question order, each as soon as its batch is done.
 
     python -m llava.eval.driver merge --output answers/ckpt.jsonl answers/ckpt/2_0.jsonl answers/ckpt/2_1.jsonl
 """
@@ -23,6 +26,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import closing
 from datetime import datetime, timezone
 from typing import Any
 
@@ -94,6 +98,11 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
     ap.add_argument("--vision-tower", default=None, help="override mm_vision_tower (a local CLIP folder)")
     ap.add_argument("--overwrite", action="store_true",
                     help="start the answers file afresh instead of resuming it")
+    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_int_at_least(1), default=1,
+                    help="questions per model call (default 1, as LLaVA); answers are the same at any batch size")
+    ap.add_argument("--bucket-window", dest="bucket_window", type=_int_at_least(1), default=None,
+                    help="sort each window of W questions by prompt length before batching them (answers are "
+                         "still written in question order); default: batches in question order")
     add_prune_args(ap)
     return ap
 
@@ -292,12 +301,12 @@ def run(bench: Benchmark, args: argparse.Namespace, loaded=None, env: Mapping[st
 
 def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) -> dict:
     import shortuuid
-    import torch
     from tqdm import tqdm
 
     from llava.constants import IMAGE_TOKEN_INDEX
     from llava.conversation import get_conv_template
     from llava.decoding import decode_answer
+    from llava.eval.batching import Prepared, answer_stream
     from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 
     try:
@@ -322,34 +331,34 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
         **budget_info(prune, model),
         "device": str(model.device),
         "torch_dtype": str(model.dtype).replace("torch.", ""),
+        # For information only (not a setting: answers are the same at any batch size); the last run's values.
+        "batch_size": args.batch_size,
+        "bucket_window": args.bucket_window,
         "version": _version(),
         "started": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
         "complete": False,
     }
     write_json(meta_path(shard.answers_file), meta)
 
-    def prepare(item: Item):
+    def prepare(item: Item) -> Prepared:
         prompt = build_prompt(item, args.conv_mode, model.config)
-        input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         if item.load_image is None:
-            return input_ids, None, None
+            return Prepared(input_ids)
         images = item.load_image() if item.num_images > 1 else [item.load_image()]
         pixels = process_images(images, image_processor, model.config)
-        return input_ids, pixels, [image.size for image in images]
+        return Prepared(input_ids, pixels, [image.size for image in images])
 
     desc = bench.name if shard.num == 1 else f"{bench.name} {shard.idx + 1}/{shard.num}"
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, dynamic_ncols=True)
-    with AnswerWriter(shard.answers_file) as writer:
-        for item, (input_ids, pixels, sizes) in _prefetch(todo, prepare):
-            if pixels is not None:
-                pixels = pixels.to(model.device, dtype=model.dtype)
-            with torch.inference_mode():
-                output_ids = model.generate(
-                    input_ids.to(model.device), images=pixels, image_sizes=sizes,
-                    do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
-                    num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
-            text = decode_answer(tokenizer, output_ids[0])
-            make = bench.make_record or default_record
+    make = bench.make_record or default_record
+    ahead = max(2, args.batch_size, args.bucket_window or 0)  # the next batch (window) is ready when needed
+    stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
+                           do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
+                           num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
+    with AnswerWriter(shard.answers_file) as writer, closing(stream):
+        for item, output_ids in stream:
+            text = decode_answer(tokenizer, output_ids)
             writer.write(make(item, text, shortuuid.uuid(), model_name))
             bar.update(1)
     bar.close()

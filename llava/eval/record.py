@@ -200,6 +200,8 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         "options": settings.get("options"),
         "device": meta.get("device"),
         "dtype": meta.get("torch_dtype"),
+        "batch_size": meta.get("batch_size"),
+        "bucket_window": meta.get("bucket_window"),
         "wall_time_s": wall_time,
         "version": package_version(),
         "git_commit": commit,

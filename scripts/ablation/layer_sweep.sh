@@ -15,8 +15,8 @@
 #              $CKPT-$SWEEP-<method>-L<layer>-<budget>[-<states>][-<variant>]
 #   BASELINE   1 = also run the benchmark unpruned once ($CKPT-$SWEEP-vanilla), drawn as a reference line
 #   REPORT_DIR where report.md and report.png go (default $RESULTS_DIR/ablation/$CKPT-$SWEEP-$BENCH)
-# Everything else (CKPT, MODEL_PATH, STATES, VARIANT, EVAL_ROOT, RESULTS_DIR, EVAL_ARGS, CUDA_VISIBLE_DEVICES,
-# PYTHON, ...) passes through to scripts/eval/$BENCH.sh; see scripts/eval/_common.sh.
+# Everything else (CKPT, MODEL_PATH, STATES, VARIANT, EVAL_ROOT, RESULTS_DIR, EVAL_ARGS, BATCH_SIZE, BUCKET_WINDOW,
+# CUDA_VISIBLE_DEVICES, PYTHON, ...) passes through to scripts/eval/$BENCH.sh; see scripts/eval/_common.sh.
 # Each run resumes where an interrupted one stopped, so rerunning the sweep only does what is missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."

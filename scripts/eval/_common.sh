@@ -10,6 +10,10 @@
 #   KEEP | AVG_TOKENS | RATIO   the budget: tokens kept per image | average over layers | fraction kept
 #   STATES         query (default) or key;  VARIANT  official (default) or paper;  SEED  random baseline seed
 #   CONV_MODE      conversation template (default vicuna_v1, as LLaVA-1.5's scripts)
+#   BATCH_SIZE     questions per model call (default 1, as LLaVA-1.5's scripts); the answers are the same at
+#                  any batch size, so a run may be resumed with another one
+#   BUCKET_WINDOW  batch questions of similar prompt length: sort each window of this many questions by
+#                  length (answers are still written in question order); unset: batches in question order
 #   CUDA_VISIBLE_DEVICES  one chunk per listed GPU, run in parallel and merged in order;
 #                  unset or empty: one process (on the GPU if there is one, else on the CPU)
 #   EVAL_ROOT      benchmark data (default ./playground/data/eval, LLaVA's layout; see docs/Evaluation.md)
@@ -29,6 +33,8 @@ if [[ -z "${MODEL_PATH:-}" ]]; then
     if [[ -d "./checkpoints/$CKPT" ]]; then MODEL_PATH="./checkpoints/$CKPT"; else MODEL_PATH="liuhaotian/$CKPT"; fi
 fi
 CONV_MODE=${CONV_MODE:-vicuna_v1}
+BATCH_ARGS=(--batch-size "${BATCH_SIZE:-1}")
+[[ -n "${BUCKET_WINDOW:-}" ]] && BATCH_ARGS+=(--bucket-window "$BUCKET_WINDOW")
 EXTRA_ARGS=()
 read -r -a EXTRA_ARGS <<< "${EVAL_ARGS:-}"
 
@@ -93,7 +99,7 @@ require_data() {
 run_driver() {
     local module=$1 answers=$2
     shift 2
-    local common=(--model-path "$MODEL_PATH" --temperature 0 --conv-mode "$CONV_MODE" "$@")
+    local common=(--model-path "$MODEL_PATH" --temperature 0 --conv-mode "$CONV_MODE" "${BATCH_ARGS[@]}" "$@")
     common+=(${PRUNE_ARGS[@]+"${PRUNE_ARGS[@]}"} ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
     local gpus=()
     IFS=',' read -r -a gpus <<< "${CUDA_VISIBLE_DEVICES:-}"
