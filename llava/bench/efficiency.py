@@ -79,12 +79,13 @@ from llava.bench.table5 import build_rows, format_table, summarise
 from llava.bench.workload import (
     ARCHS,
     DEFAULT_CPU_LAYERS,
+    device_and_dtype,
     question_prompts,
     random_model,
     random_prompts,
     vision_shape,
 )
-from llava.model.builder import load_pretrained_model, parse_dtype
+from llava.model.builder import load_pretrained_model
 from llava.model.language_model.modeling_llama import ATTN_IMPLEMENTATIONS
 
 REQUIRED_KEYS = (
@@ -194,13 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--questions {args.questions}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    if args.dtype != "auto":
-        dtype = parse_dtype(args.dtype)
-    else:
-        dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    device, dtype = device_and_dtype(args.device, args.dtype)
     torch.manual_seed(args.seed)
 
     t_load = time.perf_counter()

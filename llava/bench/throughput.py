@@ -49,9 +49,9 @@ from entropyprune.budget import keep_for_budget
 from entropyprune.config import PruneConfig
 from entropyprune.methods import available_methods, method_stage
 from llava.bench.timing import sync
-from llava.bench.workload import ARCHS, question_prompts, random_model, random_prompts
+from llava.bench.workload import ARCHS, device_and_dtype, question_prompts, random_model, random_prompts
 from llava.eval.batching import Prepared, answer_stream
-from llava.model.builder import load_pretrained_model, parse_dtype
+from llava.model.builder import load_pretrained_model
 from llava.utils import run_cli
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -147,15 +147,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--questions {args.questions}: no such file")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
-    if args.dtype != "auto":
-        dtype = parse_dtype(args.dtype)
-    elif device.type == "cuda":
-        dtype = torch.float16
-    else:
-        dtype = torch.float32 if args.model_path else torch.bfloat16
+    device, dtype = device_and_dtype(args.device, args.dtype,
+                                     cpu_default=torch.float32 if args.model_path else torch.bfloat16)
 
     if args.model_path:
         tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, device=str(device),

@@ -23,6 +23,19 @@ CLIP_L_336 = dict(
 # ------------------------------------------------------------------------------------------------ the model
 
 
+def device_and_dtype(device: str | None, dtype: str, cpu_default: torch.dtype = torch.bfloat16):
+    """The benchmarks' ``--device`` (default: cuda when available) and ``--dtype`` ("auto": float16 on CUDA,
+    ``cpu_default`` on the CPU), checked."""
+    from llava.model.builder import parse_dtype
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available; use --device cpu")
+    if dtype != "auto":
+        return dev, parse_dtype(dtype)
+    return dev, torch.float16 if dev.type == "cuda" else cpu_default
+
+
 def _arch_config(arch: str, layers: int | None, with_vision: bool):
     from llava.model.language_model.configuration_llava import LlavaConfig
 
