@@ -42,7 +42,7 @@ def run_script(name, tiny_llava, eval_root, results, cwd=REPO, **env):
         **env,
     }
     for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME",
-                "BENCHMARKS", "BATCH_SIZE", "BUCKET_WINDOW"):
+                "BENCHMARKS", "BATCH_SIZE", "BUCKET_WINDOW", "PRUNE_OPTIONS"):
         if var not in env:
             full_env.pop(var, None)
     return subprocess.run(["bash", os.path.join(SCRIPTS, name)], cwd=cwd, env=full_env, capture_output=True,
@@ -228,3 +228,19 @@ def test_missing_data_is_one_clear_error(tiny_llava, tmp_path):
 def test_pruning_environment_is_checked(tiny_llava, demo, tmp_path, env, message):
     proc = run_script("mme.sh", tiny_llava, demo, tmp_path / "results", **env)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_prune_options_from_the_environment(tiny_llava, demo, tmp_path):
+    # A multi-stage method with its stages inside the tiny model, through the script's PRUNE_OPTIONS.
+    results = tmp_path / "results"
+    proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="pdrop", RATIO="0.5",
+                      PRUNE_OPTIONS="layer_list=1,2,3 positions=renumber")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = "llava-v1.5-tiny-pdrop-L2-ratio0.5-layer_list1.2.3-positionsrenumber"
+    record = load(results / "mme" / f"{run}.json")
+    meta = load(os.path.join(demo, "MME", "answers", f"{run}.jsonl.meta.json"))
+    assert meta["method_options"] == {"layer_list": [1, 2, 3], "positions": "renumber"}
+    assert [s["kept"] for s in meta["stages"]] == [288, 144, 72]
+    assert record["method"] == "pdrop"
+    proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="pdrop", RATIO="0.5", PRUNE_OPTIONS="layer_list")
+    assert proc.returncode != 0 and "PRUNE_OPTIONS: 'layer_list' is not NAME=VALUE" in proc.stderr

@@ -43,7 +43,8 @@ die() {
     exit 1
 }
 
-# The pruning flags and the run-name tag, from METHOD / LAYER / KEEP | AVG_TOKENS | RATIO / STATES / VARIANT.
+# The pruning flags and the run-name tag, from METHOD / LAYER / KEEP | AVG_TOKENS | RATIO / STATES / VARIANT /
+# SEED / PRUNE_OPTIONS.
 PRUNE_ARGS=()
 PRUNE_TAG=""
 budgets=()
@@ -67,8 +68,16 @@ if [[ -n "${METHOD:-}" ]]; then
         PRUNE_ARGS+=(--prune-seed "$SEED")
         PRUNE_TAG+="-seed$SEED"
     fi
-elif (( ${#budgets[@]} > 0 )) || [[ -n "${LAYER:-}" ]]; then
-    die "KEEP / AVG_TOKENS / RATIO / LAYER are set but METHOD is not; set METHOD=entropy (or another method), or unset them for vanilla LLaVA"
+    # PRUNE_OPTIONS="NAME=VALUE NAME=VALUE": the method's own options (docs/Methods.md), one flag each;
+    # the run name carries them (layer_list=2,8,16 -> -layer_list2.8.16) so runs with other options never share files.
+    for option in ${PRUNE_OPTIONS:-}; do
+        [[ "$option" == *=* ]] || die "PRUNE_OPTIONS: '$option' is not NAME=VALUE (e.g. PRUNE_OPTIONS=\"layer_list=2,8,16\")"
+        PRUNE_ARGS+=(--prune-option "$option")
+        tag=${option/=/}
+        PRUNE_TAG+="-${tag//,/.}"
+    done
+elif (( ${#budgets[@]} > 0 )) || [[ -n "${LAYER:-}" ]] || [[ -n "${PRUNE_OPTIONS:-}" ]]; then
+    die "KEEP / AVG_TOKENS / RATIO / LAYER / PRUNE_OPTIONS are set but METHOD is not; set METHOD=entropy (or another method), or unset them for vanilla LLaVA"
 fi
 RUN_NAME=${RUN_NAME:-$CKPT$PRUNE_TAG}
 
