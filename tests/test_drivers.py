@@ -776,3 +776,24 @@ def test_chunks_run_at_different_batch_sizes_merge_into_the_single_run(tiny_llav
     meta = answer_file.merge_answers(str(tmp_path / "m.jsonl"), parts)  # batch size is no setting: no refusal
     assert _answers(tmp_path / "m.jsonl") == _answers(single)
     assert meta["batch_size"] == [1, 2] and meta["bucket_window"] is None and meta["complete"] is True
+
+
+def test_a_second_writer_of_one_answers_file_is_refused_at_once(tiny_llava, tiny, demo, tmp_path):
+    # Another process (a real one) holds the run's lock; a killed holder releases it with its process.
+    import signal
+
+    answers = tmp_path / "a.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom llava.eval.answer_file import answers_lock\n"
+         f"with answers_lock({str(answers)!r}):\n    print('locked', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(EvalInputError, match=rf"being written by another run \(process {holder.pid} holds"):
+            model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet"), loaded=tiny)
+        assert not answers.exists()  # nothing was written by the refused run
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    model_vqa.main(loader_args(tiny_llava, demo, answers, "mmvet"), loaded=tiny)  # the lock died with it
+    assert len(read_lines(answers)) == 4

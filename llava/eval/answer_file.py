@@ -15,10 +15,12 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
@@ -97,6 +99,34 @@ def pending_items(bench: Benchmark, items: list[Item], done: Counter) -> list[It
         else:
             todo.append(item)
     return todo
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextmanager
+def answers_lock(answers_file: str):
+    """Hold an exclusive OS-level lock on ``answers_file`` for the whole run: a second run pointed at the
+    same file (the same RUN_NAME started twice, two budgets given one file) is refused at once, and a
+    killed run releases the lock with its process. The lock file stays beside the answers (removing it
+    would let a third run lock a new file while the second still holds the old one)."""
+    path = answers_file + LOCK_SUFFIX
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            raise EvalInputError(f"{answers_file} is being written by another run (process {holder} holds "
+                                 f"{path}); wait for it to finish, or give this run its own RUN_NAME / "
+                                 "--answers-file") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 class AnswerWriter:

@@ -34,6 +34,7 @@ from llava.eval import EvalInputError, write_json
 from llava.eval.answer_file import (
     AnswerWriter,
     answered_keys,
+    answers_lock,
     check_resumable,
     merge_answers,
     merge_main,
@@ -261,32 +262,33 @@ def run(bench: Benchmark, args: argparse.Namespace, loaded=None, env: Mapping[st
     prune = resolve_layer(prune_config_from_args(args), args.model_path)
     shard = resolve_shard(args, env)
     out = shard.answers_file
-    try:
-        rows = bench.load_rows(args)
-        mine = items_of(bench, get_chunk(rows, shard.num, shard.idx), args)
-        settings = settings_of(bench, args, prune)
-        if args.overwrite:
-            for path in (out, meta_path(out)):
-                if os.path.exists(path):
-                    os.remove(path)
-        meta = check_resumable(out, settings)
-        clear_failure(out)
-        done = answered_keys(bench, read_answers(out, truncate_partial=True), out)
-        todo = pending_items(bench, mine, done)
-        _check_images(todo)
-        if todo or meta is None or meta.get("kept_tokens") is None:
-            meta = _answer(bench, args, shard, settings, prune, mine, todo, loaded, started)
-        else:
-            print(f"{out}: all {len(mine)} answers present; nothing to do", file=sys.stderr)
-        records = read_answers(out)
-        complete = not pending_items(bench, mine, answered_keys(bench, records, out))
-        meta.update(answers=len(records), complete=complete, updated=utc_now())
-        write_json(meta_path(out), meta)
-    except BaseException:
-        if shard.mode == "torchrun":
-            # Rank 0 would otherwise wait for this shard forever; it looks for this marker.
-            mark_failure(out)
-        raise
+    with answers_lock(out):
+        try:
+            rows = bench.load_rows(args)
+            mine = items_of(bench, get_chunk(rows, shard.num, shard.idx), args)
+            settings = settings_of(bench, args, prune)
+            if args.overwrite:
+                for path in (out, meta_path(out)):
+                    if os.path.exists(path):
+                        os.remove(path)
+            meta = check_resumable(out, settings)
+            clear_failure(out)
+            done = answered_keys(bench, read_answers(out, truncate_partial=True), out)
+            todo = pending_items(bench, mine, done)
+            _check_images(todo)
+            if todo or meta is None or meta.get("kept_tokens") is None:
+                meta = _answer(bench, args, shard, settings, prune, mine, todo, loaded, started)
+            else:
+                print(f"{out}: all {len(mine)} answers present; nothing to do", file=sys.stderr)
+            records = read_answers(out)
+            complete = not pending_items(bench, mine, answered_keys(bench, records, out))
+            meta.update(answers=len(records), complete=complete, updated=utc_now())
+            write_json(meta_path(out), meta)
+        except BaseException:
+            if shard.mode == "torchrun":
+                # Rank 0 would otherwise wait for this shard forever; it looks for this marker.
+                mark_failure(out)
+            raise
 
     if shard.mode == "torchrun" and shard.idx == 0:
         parts = [shard_path(shard.final_file, shard.num, r) for r in range(shard.num)]
