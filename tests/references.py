@@ -37,3 +37,20 @@ def ref_layer(layer, x, pos):
     b = norm(layer.post_attention_layernorm, x)
     out = x + (torch.nn.functional.silu(b @ m.gate_proj.weight.T) * (b @ m.up_proj.weight.T)) @ m.down_proj.weight.T
     return out, probs
+
+
+def transformers_llama(model):
+    """transformers' LlamaForCausalLM (eager attention) holding ``model``'s language-model weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = model.config
+    kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
+              num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
+              num_key_value_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
+              rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings)
+    ref = LlamaForCausalLM(LlamaConfig(**kw, attn_implementation="eager")).eval()
+    state = {k: v.cpu() for k, v in model.state_dict().items()
+             if k.startswith(("model.layers.", "lm_head.", "model.norm.", "model.embed"))}
+    missing, unexpected = ref.load_state_dict(state, strict=False)
+    assert not missing and not unexpected
+    return ref

@@ -22,6 +22,7 @@ from entropyprune.methods.dart import Options, cpython_set_order, schedule
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images, tokenizer_image_token
 from tests.conftest import make_image, vicuna_prompt
+from tests.references import transformers_llama
 
 V = 576
 
@@ -329,20 +330,8 @@ def test_too_short_an_instruction_is_an_error():
 
 @pytest.fixture(scope="module")
 def hf_lm(loaded_tiny):
-    """transformers' LlamaForCausalLM with the tiny LLaVA's language-model weights."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = loaded_tiny[1].config
-    kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-              num_hidden_layers=cfg.num_hidden_layers, num_attention_heads=cfg.num_attention_heads,
-              num_key_value_heads=cfg.num_key_value_heads, rms_norm_eps=cfg.rms_norm_eps,
-              rope_theta=cfg.rope_theta, max_position_embeddings=cfg.max_position_embeddings)
-    ref = LlamaForCausalLM(LlamaConfig(**kw, attn_implementation="eager")).eval()
-    state = {k: v.cpu() for k, v in loaded_tiny[1].state_dict().items()
-             if k.startswith(("model.layers.", "lm_head.", "model.norm.", "model.embed"))}
-    missing, unexpected = ref.load_state_dict(state, strict=False)
-    assert not missing and not unexpected
-    return ref
+    """transformers' LlamaForCausalLM (eager) with the tiny LLaVA's language-model weights."""
+    return transformers_llama(loaded_tiny[1])
 
 
 @torch.no_grad()
