@@ -8,7 +8,6 @@ top level plus `mm_*` keys) and transformers' `LlavaForConditionalGeneration` (`
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,13 +123,9 @@ class LlavaConfig:
         cfg_path = os.path.join(path, "config.json")
         if not os.path.isfile(cfg_path):
             raise FileNotFoundError(f"no config.json in model folder {path!r}")
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                raw = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{cfg_path} is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{cfg_path} must hold a JSON object, not {type(raw).__name__}")
+        from llava.model.checkpoint import read_json
+
+        raw = read_json(cfg_path)
         if str(raw.get("model_type", "")).startswith(("llava_next", "llava_onevision")) or str(
                 raw.get("image_aspect_ratio", "")).startswith("anyres"):
             raise NotImplementedError(
