@@ -129,7 +129,6 @@ class PruneHook:
         self.text_lengths = [self._text_length(pieces, tail) for pieces, tail in zip(rows, tails, strict=True)]
 
         self.plans: list[_StagePlan] = []
-        cur_t = t0
         cur_shift = [t0 - n if left else 0 for n in splice.lengths]
         for s, layer in enumerate(layers):
             lengths = [sum(p[-1] for p in pieces) for pieces in rows]
@@ -172,8 +171,7 @@ class PruneHook:
                 layer, index.pin_memory() if pin else index, valid.pin_memory() if pin else valid,
                 None if positions is None else (positions.pin_memory() if pin else positions),
                 any(n < new_t for n in new_lengths), offset, _host(last), text_slots, text_mask, groups))
-            rows, cur_t, cur_shift = new_rows, new_t, new_shift
-        del cur_t
+            rows, cur_shift = new_rows, new_shift
         self.padded_after = {p.layer: p.padded for p in self.plans}
         self._records: dict = {}
 
@@ -226,7 +224,7 @@ class PruneHook:
         work = []
         for g, (rows, cur_first, new_first) in zip(self.groups, plan.groups, strict=True):
             stage = g.stages[s]
-            v = stage_in = (g.stages[s - 1].out if s else self.image_spans[g.members[0][0]][g.members[0][1]][1])
+            v = (g.stages[s - 1].out if s else self.image_spans[g.members[0][0]][g.members[0][1]][1])
             rows, cur_first, new_first = dev(rows), dev(cur_first), dev(new_first)
             slots = cur_first[:, None] + torch.arange(v, device=device)[None]
             if s == 0:
@@ -238,9 +236,9 @@ class PruneHook:
             inputs = PruneInputs(config=self.cfg, options=self.options, context=ctx, rows=rows, slots=slots,
                                  original=original, original_slots=original_slots)
             ctx.groups.append(inputs)
-            work.append((g, stage, stage_in, rows, cur_first, new_first, inputs))
+            work.append((g, stage, rows, cur_first, new_first, inputs))
         writes = []
-        for g, stage, _v, rows, cur_first, new_first, inputs in work:
+        for g, stage, rows, cur_first, new_first, inputs in work:
             sel = as_selection(self.method(inputs, stage.keep))
             kept = sel.kept
             new_slots = new_first[:, None] + torch.arange(stage.keep, device=device)[None]
