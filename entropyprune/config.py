@@ -57,7 +57,7 @@ class PruneConfig:
     """
 
     method: str = "entropy"
-    layer: int | str = 2
+    layer: int | str | None = None  # None: 2 for in-LLM methods, 0 for vision-stage methods
     keep: int | None = None
     avg_tokens: int | float | None = None
     ratio: float | None = None
@@ -72,18 +72,33 @@ class PruneConfig:
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
         """Raise ValueError naming the offending flag, its allowed values and the value given."""
-        from entropyprune.methods import available_methods
+        from entropyprune.methods import available_methods, get_spec
 
         methods = available_methods()
         if self.method not in methods:
             raise ValueError(
                 f"{FLAGS['method']} {self.method!r} is not a known method; choose one of {', '.join(methods)}"
             )
+        spec = get_spec(self.method)
+        if self.layer is None:
+            self.layer = 0 if spec.stage == "vision" else 2
         if not (self.layer == AUTO_LAYER or (_is_int(self.layer) and self.layer >= 0)):
             raise ValueError(
                 f"{FLAGS['layer']} must be an integer >= 0 or {AUTO_LAYER!r}, got {self.layer!r}"
             )
-        budget.check_budget(self.keep, self.avg_tokens, self.ratio, FLAGS)
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a dict of NAME: VALUE, got {type(self.options).__name__}")
+        # Parsed and checked here, so a bad option fails before any model is loaded; stored normalised.
+        self.options = options_to_dict(self.method_options())
+        if self.adaptive:
+            given = [FLAGS[name] for name in _BUDGETS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"{self.method!r} picks its own number of tokens per image (adaptive), so it takes no budget; "
+                    f"drop {', '.join(given)} or turn its adaptive count off with a --prune-option "
+                    "(docs/Methods.md)")
+        else:
+            budget.check_budget(self.keep, self.avg_tokens, self.ratio, FLAGS)
         if self.states not in STATES:
             raise ValueError(f"{FLAGS['states']} must be one of {', '.join(STATES)}, got {self.states!r}")
         if self.variant not in VARIANTS:
@@ -92,10 +107,10 @@ class PruneConfig:
             )
         if not _is_int(self.seed):
             raise ValueError(f"{FLAGS['seed']} must be an integer, got {self.seed!r}")
-        if not isinstance(self.options, dict):
-            raise ValueError(f"options must be a dict of NAME: VALUE, got {type(self.options).__name__}")
-        # Parsed and checked here, so a bad option fails before any model is loaded; stored normalised.
-        self.options = options_to_dict(self.method_options())
+        if self.layer != AUTO_LAYER and self.layer != 0 and spec.stages == ("vision",):
+            raise ValueError(
+                f"{FLAGS['layer']} must be 0 for {self.method!r}, which prunes before the language model; "
+                f"got {self.layer}")
 
     def method_options(self) -> Any:
         """The method's options dataclass with this config's values (None for a method without options)."""
@@ -112,20 +127,36 @@ class PruneConfig:
         from entropyprune.methods import Stage, get_spec
 
         spec = get_spec(self.method)
+        if self.adaptive:
+            raise ValueError(
+                f"{self.method!r} picks its own number of tokens per image (adaptive): its kept counts are known "
+                "only after a run (the run record gives their mean and range), not from a schedule")
         if spec.schedule is None:
             return [Stage(self.layer, self.resolve(num_layers, num_visual))]
         if not (_is_int(num_layers) and num_layers >= 2):
             raise ValueError(f"num_layers must be an integer >= 2, got {num_layers!r}")
         stages = spec.schedule(self, self.method_options(), num_layers, num_visual)
-        check_stages(stages, num_layers, num_visual)
+        check_stages(stages, num_layers, num_visual, vision=self.stage == "vision")
         return stages
 
     @property
     def stage(self) -> str:
-        """``"llm"`` (pruned inside the language model) or ``"vision"`` (before it), from the registry."""
-        from entropyprune.methods import method_stage
+        """``"llm"`` (pruned inside the language model) or ``"vision"`` (before it): the method's stage,
+        or, for a method that runs at both (``random``), ``"vision"`` when ``layer`` is 0."""
+        from entropyprune.methods import get_spec
 
-        return method_stage(self.method)
+        spec = get_spec(self.method)
+        if "vision" in spec.stages and (self.layer == 0 or spec.stages == ("vision",)):
+            return "vision"
+        return "llm"
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the method chooses each image's kept count itself (no budget, no fixed schedule)."""
+        from entropyprune.methods import get_spec
+
+        spec = get_spec(self.method)
+        return spec.adaptive is not None and bool(spec.adaptive(self.method_options()))
 
     def _check_layer(self, num_layers: int) -> int:
         if self.layer == AUTO_LAYER:
@@ -134,12 +165,8 @@ class PruneConfig:
                 "Layer) before the budget can be computed"
             )
         if self.stage == "vision":
-            if self.layer != 0:
-                raise ValueError(
-                    f"{FLAGS['layer']} must be 0 for {self.method!r}, which prunes before the language "
-                    f"model; got {self.layer}"
-                )
-        elif not 1 <= self.layer <= num_layers - 1:
+            return 0
+        if not 1 <= self.layer <= num_layers - 1:
             raise ValueError(
                 f"{FLAGS['layer']} must be in [1, {num_layers - 1}] for a {num_layers}-layer model, "
                 f"got {self.layer}"
@@ -176,6 +203,7 @@ class PruneConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
         known = {f.name for f in fields(cls)}
+        data = dict(data)
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown PruneConfig fields {unknown}; expected a subset of {sorted(known)}")
@@ -196,11 +224,14 @@ class PruneConfig:
         return f"{self.method} keep={keeps} (avg {avg:.4g})"
 
 
-def check_stages(stages: list, num_layers: int, num_visual: int) -> None:
-    """Stages must have increasing layers in [1, L-1] and keep between 1 and what the previous one left."""
+def check_stages(stages: list, num_layers: int, num_visual: int, vision: bool = False) -> None:
+    """Stages must have increasing layers in [1, L-1] and keep between 1 and what the previous one left;
+    a vision-stage schedule is one stage at layer 0."""
     if not stages:
         raise ValueError("a schedule needs at least one stage")
-    tokens, last = num_visual, 0
+    if vision and (len(stages) != 1 or stages[0].layer != 0):
+        raise ValueError(f"a vision-stage schedule is one stage at layer 0; got {stages}")
+    tokens, last = num_visual, -1 if vision else 0
     for st in stages:
         if not last < st.layer <= num_layers - 1:
             layers = [s.layer for s in stages]

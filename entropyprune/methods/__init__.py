@@ -1,6 +1,7 @@
 """The registry of visual-token pruning methods: one signature for every method.
 
-A method is ``fn(inputs: PruneInputs, n_keep: int) -> Selection`` (or the pair ``(kept, scores)``):
+A method is ``fn(inputs: PruneInputs, n_keep: int) -> Selection`` (or the pair ``(kept, scores)``); a
+vision-stage method gets :class:`entropyprune.vision_inputs.VisionInputs` instead (see that module):
 
 * ``kept``: LongTensor ``[I, n_keep]``, ascending indices into each image's current tokens;
 * ``scores``: float ``[I, V]``, the per-token values that explain the choice (any per-token float for
@@ -83,10 +84,13 @@ Schedule = Callable[["PruneConfig", Any, int, int], list[Stage]]
 class MethodSpec:
     name: str
     fn: PruneMethod
-    stage: str  # "llm": inside the language model at layers K >= 1; "vision": before it (K = 0)
+    stage: str  # the default stage: "llm" (inside the language model, K >= 1) or "vision" (before it, K = 0)
     options: type | None = None
     schedule: Schedule | None = None
     positions: Callable[[Any], str] | None = None  # "keep" (original ids) or "renumber", from the options
+    stages: tuple[str, ...] = ()  # every stage the method can run at (``layer 0`` picks "vision")
+    needs: tuple[str, ...] = ()  # what the model must load for it: "clip_text" (CLIP's text tower)
+    adaptive: Callable[[Any], bool] | None = None  # from the options: picks its own count (no budget)
 
 
 METHODS: dict[str, MethodSpec] = {}
@@ -112,16 +116,24 @@ class _Stages(dict):
 STAGES = _Stages()
 
 
-def register(name: str, *, stage: str = "llm", options: type | None = None, schedule: Schedule | None = None,
-             positions: Callable[[Any], str] | None = None) -> Callable[[PruneMethod], PruneMethod]:
-    """Decorator adding ``fn`` to the registry under ``name``."""
-    if stage not in _STAGE_NAMES:
-        raise ValueError(f"stage must be one of {', '.join(_STAGE_NAMES)}, got {stage!r}")
+def register(name: str, *, stage: str | tuple[str, ...] = "llm", options: type | None = None,
+             schedule: Schedule | None = None, positions: Callable[[Any], str] | None = None,
+             needs: tuple[str, ...] = (), adaptive: Callable[[Any], bool] | None = None,
+             ) -> Callable[[PruneMethod], PruneMethod]:
+    """Decorator adding ``fn`` to the registry under ``name``.
+
+    ``stage``: "llm", "vision", or both as a tuple (the first is the default; ``--prune-layer 0`` picks
+    the vision stage). ``needs``: parts the model loads only for this method ("clip_text").
+    ``adaptive(options)``: True when the method picks its own count per image (then no budget is given).
+    """
+    stages = (stage,) if isinstance(stage, str) else tuple(stage)
+    if not stages or any(s not in _STAGE_NAMES for s in stages):
+        raise ValueError(f"stage must be one of {', '.join(_STAGE_NAMES)} or a tuple of them, got {stage!r}")
 
     def add(fn: PruneMethod) -> PruneMethod:
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is already registered")
-        METHODS[name] = MethodSpec(name, fn, stage, options, schedule, positions)
+        METHODS[name] = MethodSpec(name, fn, stages[0], options, schedule, positions, stages, tuple(needs), adaptive)
         return fn
 
     return add

@@ -5,6 +5,9 @@ generator seeded per image, so the same seed keeps the same positions on every d
 resumed benchmark does not change its selection) and whatever else is in the batch. Every image of the
 same size therefore gets the same pattern; use several seeds to average over patterns. (The released
 code's random baseline was unseeded.)
+
+It runs inside the language model (``--prune-layer K``, K >= 1) or, with ``--prune-layer 0``, at the vision
+stage: the same draw then picks which patches reach the language model at all.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch import Tensor
 
 from entropyprune.methods import PruneInputs, register, top_n
+from entropyprune.vision_inputs import VisionInputs
 
 
 def draw(seed: int, images: int, tokens: int) -> Tensor:
@@ -21,9 +25,11 @@ def draw(seed: int, images: int, tokens: int) -> Tensor:
     return row.expand(images, tokens).contiguous()
 
 
-@register("random")
-def random_selection(inputs: PruneInputs, n_keep: int) -> tuple[Tensor, Tensor]:
-    if inputs.slots is not None:
+@register("random", stage=("llm", "vision"))
+def random_selection(inputs: PruneInputs | VisionInputs, n_keep: int) -> tuple[Tensor, Tensor]:
+    if isinstance(inputs, VisionInputs):  # --prune-layer 0: before the language model
+        images, tokens, device = inputs.num_images, inputs.num_tokens, inputs.device
+    elif inputs.slots is not None:
         (images, tokens), device = inputs.slots.shape, inputs.slots.device
     else:
         (images, tokens), device = inputs.states.shape[:2], inputs.states.device
