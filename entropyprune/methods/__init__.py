@@ -92,6 +92,10 @@ class MethodSpec:
     needs: tuple[str, ...] = ()  # what the model must load for it: "clip_text" (CLIP's text tower)
     adaptive: Callable[[Any], bool] | None = None  # from the options: picks its own count (no budget)
 
+    def __post_init__(self) -> None:
+        if not self.stages:
+            object.__setattr__(self, "stages", (self.stage,))
+
 
 METHODS: dict[str, MethodSpec] = {}
 _STAGE_NAMES = ("llm", "vision")

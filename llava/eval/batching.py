@@ -27,6 +27,7 @@ class Prepared:
     input_ids: torch.Tensor  # [T] prompt ids with IMAGE_TOKEN_INDEX markers, on the host
     pixels: Any = None  # [n, 3, H, W] (or a list of such tensors) for the row's n images; None: text only
     image_sizes: list | None = None  # (width, height) of each image
+    text: str | None = None  # the instruction, for pruning methods that read it (CDPruner's `texts`)
 
     @property
     def num_images(self) -> int:
@@ -85,6 +86,8 @@ def generate_rows(model, rows: list[Prepared], **generate_kwargs) -> list[torch.
     """New token ids of each row (on the host), from one `model.generate` call on the whole batch."""
     images = _images_of(rows, model.device, model.dtype)
     sizes = [size for row in rows for size in (row.image_sizes or [])] or None
+    if any(row.text is not None for row in rows):
+        generate_kwargs = {**generate_kwargs, "texts": [row.text for row in rows]}
     with torch.inference_mode():
         if len(rows) == 1:
             out = model.generate(rows[0].input_ids[None].to(model.device), images=images, image_sizes=sizes,
@@ -99,8 +102,13 @@ def generate_rows(model, rows: list[Prepared], **generate_kwargs) -> list[torch.
     return [cut_at_eos(out[i], eos) for i in range(len(rows))]
 
 
+def kept_counts(trace_row: list) -> list[int]:
+    """Visual tokens each image of a row kept after its last pruning stage (kept plus merged)."""
+    return [int(stages[-1].kept.numel()) + stages[-1].merged for stages in trace_row if stages]
+
+
 def _answer_window(model, window: list[tuple[Any, Prepared]], batch_size: int, bucket: bool,
-                   generate_kwargs: dict) -> Iterator[tuple[Any, torch.Tensor]]:
+                   generate_kwargs: dict, with_counts: bool = False) -> Iterator[tuple]:
     order = list(range(len(window)))
     if bucket:
         tower = model.get_vision_tower()
@@ -111,17 +119,20 @@ def _answer_window(model, window: list[tuple[Any, Prepared]], batch_size: int, b
     emitted = 0
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
-        for i, ids in zip(batch, generate_rows(model, [window[i][1] for i in batch], **generate_kwargs),
-                          strict=True):
-            done[i] = ids
+        outs = generate_rows(model, [window[i][1] for i in batch], **generate_kwargs)
+        trace = model.get_model().prune_trace if with_counts else None
+        for row, (i, ids) in enumerate(zip(batch, outs, strict=True)):
+            done[i] = (ids, kept_counts(trace[row]) if trace else []) if with_counts else ids
         while emitted in done:
-            yield window[emitted][0], done.pop(emitted)
+            got = done.pop(emitted)
+            yield (window[emitted][0], *got) if with_counts else (window[emitted][0], got)
             emitted += 1
 
 
 def answer_stream(model, pairs: Iterable[tuple[Any, Prepared]], batch_size: int = 1, window: int | None = None,
-                  **generate_kwargs) -> Iterator[tuple[Any, torch.Tensor]]:
-    """(item, new token ids) for every (item, prepared) of `pairs`, in their order.
+                  with_counts: bool = False, **generate_kwargs) -> Iterator[tuple]:
+    """(item, new token ids) for every (item, prepared) of `pairs`, in their order; with `with_counts`,
+    (item, ids, visual tokens each of the row's images kept), for methods that choose their own count.
 
     An error raised while `pairs` is read (an image that cannot be decoded) is raised after the answers of
     every item before it, so a failing question stops the run where it would at batch size 1.
@@ -144,7 +155,7 @@ def answer_stream(model, pairs: Iterable[tuple[Any, Prepared]], batch_size: int 
                         break
             except Exception as err:  # raised below, after the answers gathered before it
                 error = err
-            yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs)
+            yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs, with_counts)
             if error is not None:
                 raise error
             if len(gathered) < size:

@@ -135,6 +135,15 @@ def load_model(args: argparse.Namespace, device: str | None):
         raise EvalInputError(f"cannot load --model-path {args.model_path}: {err}") from None
 
 
+SHORT_ANSWER_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+def instruction_text(question: str) -> str:
+    """The instruction a vision-stage method that reads text (CDPruner) sees: the question without
+    LLaVA's short-answer suffix, as CDPruner's driver passes it (``texts=``)."""
+    return question.replace(SHORT_ANSWER_SUFFIX, "")
+
+
 def build_prompt(item: Item, conv_mode: str, model_config) -> str:
     """LLaVA's prompt: the image marker lines before the question, then the conversation template.
 
@@ -203,7 +212,11 @@ def budget_info(prune, model) -> dict:
     num_visual = tower.num_patches if tower is not None else None
     info = {"num_layers": num_layers, "num_visual_tokens": num_visual, "method": None, "layer": None,
             "kept_tokens": num_visual, "avg_tokens_equivalent": num_visual}
-    if prune is not None and num_visual is not None:
+    if prune is not None and num_visual is not None and prune.adaptive:
+        # Each image's count is the method's choice: the record gathers them from the answers' metadata.
+        info.update(method=prune.method, layer=0, kept_tokens=None, avg_tokens_equivalent=None, adaptive=True,
+                    method_options=prune.options)
+    elif prune is not None and num_visual is not None:
         stages = prune.schedule(num_layers, num_visual)
         info.update(method=prune.method, layer=stages[0].layer, kept_tokens=stages[-1].out,
                     avg_tokens_equivalent=float(stages_average(stages, num_layers, num_visual)),
@@ -349,19 +362,24 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             return Prepared(input_ids)
         images = item.load_image() if item.num_images > 1 else [item.load_image()]
         pixels = process_images(images, image_processor, model.config)
-        return Prepared(input_ids, pixels, [image.size for image in images])
+        return Prepared(input_ids, pixels, [image.size for image in images], instruction_text(item.question))
 
     desc = bench.name if shard.num == 1 else f"{bench.name} {shard.idx + 1}/{shard.num}"
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, dynamic_ncols=True)
     make = bench.make_record or default_record
     ahead = max(2, args.batch_size, args.bucket_window or 0)  # the next batch (window) is ready when needed
+    adaptive = prune is not None and prune.adaptive
     stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
+                           with_counts=adaptive,
                            do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
     with AnswerWriter(shard.answers_file) as writer, closing(stream):
-        for item, output_ids in stream:
+        for item, output_ids, *counts in stream:
             text = decode_answer(tokenizer, output_ids)
-            writer.write(make(item, text, shortuuid.uuid(), model_name))
+            answer = make(item, text, shortuuid.uuid(), model_name)
+            if adaptive:  # the method chose each image's count: the answer says what it kept
+                answer.setdefault("metadata", {})["kept_tokens"] = counts[0]
+            writer.write(answer)
             bar.update(1)
     bar.close()
     return meta

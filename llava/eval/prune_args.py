@@ -20,7 +20,8 @@ def _layer(value: str):
 def add_prune_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("visual-token pruning (off unless --prune-method is given)")
     g.add_argument("--prune-method", default=None, help="e.g. entropy, random; omit for vanilla LLaVA")
-    g.add_argument("--prune-layer", type=_layer, default=2, help="layer K (0-based) where tokens are pruned")
+    g.add_argument("--prune-layer", type=_layer, default=None,
+                   help="layer K (0-based) where tokens are pruned; default 2, or 0 for vision-stage methods")
     budget = g.add_mutually_exclusive_group()
     budget.add_argument("--prune-keep", type=int, default=None, help="visual tokens kept per image after layer K")
     budget.add_argument("--prune-avg-tokens", type=float, default=None,

@@ -154,7 +154,8 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
                  submission: str | None = None) -> dict:
     if benchmark not in BENCHMARKS:
         raise EvalInputError(f"unknown --benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
-    n_answers = len(read_jsonl(answers, "answers file", required=("question_id", "text")))
+    answer_rows = read_jsonl(answers, "answers file", required=("question_id", "text"))
+    n_answers = len(answer_rows)
     meta_file = answers + ".meta.json"
     meta = load_json(meta_file, "answers sidecar", "It is written by the llava.eval.model_vqa* drivers (and "
                      "`python -m llava.eval.driver merge`); rerun the benchmark script.")
@@ -170,6 +171,13 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         budget = {k: prune[k] for k in ("keep", "avg_tokens", "ratio") if prune.get(k) is not None}
     headline, note = BENCHMARKS[benchmark]
     commit, dirty = git_state()
+    kept, avg = meta.get("kept_tokens"), meta.get("avg_tokens_equivalent")
+    chosen = None
+    if meta.get("adaptive"):  # each image's count was the method's choice: its answers say what it kept
+        counts = [n for row in answer_rows for n in ((row.get("metadata") or {}).get("kept_tokens") or ())]
+        if counts:
+            kept = avg = sum(counts) / len(counts)  # at the vision stage every layer sees what was kept
+            chosen = {"mean": kept, "min": min(counts), "max": max(counts), "images": len(counts)}
     return {
         "run_name": run_name,
         "benchmark": benchmark,
@@ -177,8 +185,9 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         "model_path": settings.get("model_path"),
         "method": meta.get("method"),
         "layer": meta.get("layer"),
-        "keep": meta.get("kept_tokens"),
-        "avg_tokens": meta.get("avg_tokens_equivalent"),
+        "keep": kept,
+        "avg_tokens": avg,
+        "kept_per_image": chosen,
         "ratio": prune.get("ratio") if prune else None,
         "states": prune.get("states") if prune else None,
         "variant": prune.get("variant") if prune else None,

@@ -30,6 +30,8 @@ class Splice:
     # Real tokens per row that belong to the prompt (None: all of them). Recomputing a generation from
     # scratch appends the answer so far; pruning methods still read the prompt's last token and instruction.
     prompt_lengths: list[int] | None = None
+    # Vision-stage pruning: per row, per image, [PruneRecord] of the stage (layer 0); None when it did not run.
+    vision_trace: list | None = None
 
     @property
     def has_padding(self) -> bool:
@@ -59,6 +61,80 @@ class LlavaMetaForCausalLM:
         feats = model.vision_tower(images)
         return model.mm_projector(feats.to(model.mm_projector_dtype))
 
+    def _image_pixels(self, images) -> list[torch.Tensor]:
+        """Every image as its own ``[1, 3, H, W]`` tensor, in marker order."""
+        if isinstance(images, (list, tuple)):
+            out = []
+            for im in images:
+                out += list((im if im.ndim == 4 else im[None])[:, None])
+            return out
+        if images.ndim == 5:
+            raise NotImplementedError("multi-crop (5-D) image input is LLaVA-1.6's anyres, not supported yet")
+        if images.ndim != 4:
+            raise ValueError(f"images must be [N, 3, H, W]; got shape {tuple(images.shape)}")
+        return list(images[:, None])
+
+    def _vision_stage(self, images, image_rows: list[int], texts) -> tuple[list[torch.Tensor], list]:
+        """Vision-stage pruning: each image's kept (and merged) tokens, projected, and its PruneRecord.
+
+        Images of one pixel shape go through the tower together and the method sees all of them in one call;
+        every image gets the instruction of its prompt (``texts[row]``).
+        """
+        from entropyprune.hook import PruneRecord
+        from entropyprune.methods import as_selection, get_spec
+        from entropyprune.vision_inputs import VisionInputs
+
+        model = self.get_model()
+        cfg = model.prune
+        spec = get_spec(cfg.method)
+        options = cfg.method_options()
+        tower = model.get_vision_tower()
+        clip_text = getattr(model, "clip_text", None)
+        pixels = self._image_pixels(images)
+        by_shape: dict[tuple, list[int]] = {}
+        for i, px in enumerate(pixels):
+            by_shape.setdefault(tuple(px.shape[1:]), []).append(i)
+        feats: list = [None] * len(pixels)
+        records: list = [None] * len(pixels)
+        proj_dtype = model.mm_projector_dtype
+
+        def project(x):
+            return model.mm_projector(x.to(proj_dtype))
+
+        memo: dict = {}
+        for group, members in enumerate(by_shape.values()):
+            batch = torch.cat([pixels[i] for i in members])
+            states = tower.hidden_states(batch)
+            instructions = None
+            if texts is not None:
+                instructions = [texts[image_rows[i]] for i in members]
+            inputs = VisionInputs(config=cfg, options=options, hidden_states=states, select_layer=tower.select_layer,
+                                  tower=tower.vision_tower, project=project, instructions=instructions,
+                                  text_encoder=clip_text[0] if clip_text else None,
+                                  image_projection=clip_text[1] if clip_text else None, memo=memo, group=group)
+            v = inputs.num_tokens
+            if cfg.adaptive:
+                result = spec.fn(inputs, v)
+                if not isinstance(result, (list, tuple)) or len(result) != len(members):
+                    raise RuntimeError(f"adaptive method {cfg.method!r} must return one Selection per image")
+                for i, sel in zip(members, result, strict=True):
+                    emb = sel.embeds if sel.embeds is not None else inputs.kept_embeds(sel.kept[None])[0]
+                    merged = sel.merged
+                    feats[i] = emb if merged is None else torch.cat([emb, merged.to(emb.dtype)])
+                    records[i] = PruneRecord(0, -1, v, sel.kept, sel.scores, 0 if merged is None else merged.shape[0])
+                continue
+            (stage,) = cfg.schedule(self.config.num_hidden_layers, v)
+            sel = as_selection(spec.fn(inputs, stage.keep))
+            emb = sel.embeds if sel.embeds is not None else inputs.kept_embeds(sel.kept)
+            if stage.merged:
+                if sel.merged is None or sel.merged.shape[1] != stage.merged:
+                    raise RuntimeError(f"method {cfg.method!r} must return {stage.merged} merged tokens")
+                emb = torch.cat([emb, sel.merged.to(emb.dtype)], dim=1)
+            for j, i in enumerate(members):
+                feats[i] = emb[j]
+                records[i] = PruneRecord(0, -1, v, sel.kept[j], sel.scores[j], stage.merged)
+        return feats, records
+
     def _image_features(self, images) -> list[torch.Tensor]:
         if isinstance(images, (list, tuple)):
             images = [im if im.ndim == 4 else im[None] for im in images]
@@ -72,11 +148,17 @@ class LlavaMetaForCausalLM:
         return list(self.encode_images(images))
 
     def splice_multimodal(self, input_ids, images=None, attention_mask=None, labels=None,
-                          padding_side: str | None = None, image_features: list | None = None) -> Splice:
+                          padding_side: str | None = None, image_features: list | None = None,
+                          texts=None) -> Splice:
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected features and re-pad.
 
         `image_features` ([V, D] per image, already projected) replaces `images` and the vision tower; the
         efficiency benchmark uses it to time the language model on stand-in features.
+
+        With a vision-stage pruning method set (``set_prune``), each image's features are its kept tokens:
+        the splice holds N tokens for it with ordinary consecutive positions, and ``vision_trace`` records
+        the stage. ``texts`` (one instruction per row, or one string for a batch of one) is what methods
+        that read the instruction (CDPruner) see.
         """
         model = self.get_model()
         embed = model.embed_tokens
@@ -86,6 +168,7 @@ class LlavaMetaForCausalLM:
         mask = attention_mask.to("cpu").bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
         n_markers = int((ids[mask] == IMAGE_TOKEN_INDEX).sum())
         feats: list[torch.Tensor] = []
+        vision_records = None
         if n_markers and image_features is not None:
             feats = list(image_features)
             if len(feats) != n_markers:
@@ -96,7 +179,17 @@ class LlavaMetaForCausalLM:
                 raise ValueError(f"the prompt has {n_markers} <image> marker(s) but no images were given")
             if model.get_vision_tower() is None:
                 raise ValueError("the prompt has <image> markers but this model has no vision tower")
-            feats = self._image_features(images)
+            prune = getattr(model, "prune", None)
+            if prune is not None and prune.stage == "vision":
+                image_rows = [b for b in range(ids.shape[0])
+                              for _ in range(int((ids[b][mask[b]] == IMAGE_TOKEN_INDEX).sum()))]
+                n_images = len(self._image_pixels(images))
+                if n_images != n_markers:
+                    raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {n_images} image(s) "
+                                     "were given")
+                feats, vision_records = self._vision_stage(images, image_rows, _row_texts(texts, ids.shape[0]))
+            else:
+                feats = self._image_features(images)
             if len(feats) != n_markers:
                 raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {len(feats)} image(s) were given")
 
@@ -150,14 +243,25 @@ class LlavaMetaForCausalLM:
             if lab is not None:
                 lab[b, off:off + n] = row_labels[b].to(device)
             spans[b] = [(s + off, n_img) for s, n_img in spans[b]]
-        return Splice(out, am, pos_ids, lab, spans, lengths, padding_side)
+        trace = None
+        if vision_records is not None:
+            trace, first = [], 0  # a row's images are its first records (truncation drops only the last ones)
+            for b, row in enumerate(spans):
+                trace.append([])
+                for j, (start, _n) in enumerate(row):
+                    rec = vision_records[first + j]
+                    rec.start = start
+                    trace[-1].append([rec])
+                first += int((ids[b][mask[b]] == IMAGE_TOKEN_INDEX).sum())
+        return Splice(out, am, pos_ids, lab, spans, lengths, padding_side, vision_trace=trace)
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
-                                             labels, images, image_sizes=None):
-        """LLaVA's entry point, same arguments and return tuple; decode steps pass through unchanged."""
+                                             labels, images, image_sizes=None, texts=None):
+        """LLaVA's entry point, same arguments and return tuple; decode steps pass through unchanged.
+        ``texts`` is CDPruner's addition: each prompt's instruction, for methods that read it."""
         if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        sp = self.splice_multimodal(input_ids, images, attention_mask, labels)
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, texts=texts)
         return (
             None,
             sp.position_ids if position_ids is not None else None,
@@ -166,6 +270,18 @@ class LlavaMetaForCausalLM:
             sp.inputs_embeds,
             sp.labels if labels is not None else None,
         )
+
+
+def _row_texts(texts, rows: int) -> list | None:
+    """``texts`` as one entry per row: a string is the instruction of a batch of one."""
+    if texts is None:
+        return None
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if len(texts) != rows or not all(t is None or isinstance(t, str) for t in texts):
+        raise ValueError(f"texts must give one instruction string per prompt ({rows}); got {len(texts)} entries")
+    return texts
 
 
 def projector_dtype(projector: nn.Module) -> torch.dtype:

@@ -6,7 +6,7 @@
 #                  else liuhaotian/$CKPT, which is downloaded when online)
 #   RUN_NAME       name of this run's files (default $CKPT, plus a pruning tag such as -entropy-L2-avg192)
 #   METHOD         pruning method (entropy, random, ...); unset or empty = vanilla LLaVA-1.5
-#   LAYER          pruning layer K (default 2; "auto" = the model's Entropy Collapse Layer)
+#   LAYER          pruning layer K (default 2, 0 for vision-stage methods; "auto" = the model's Entropy Collapse Layer)
 #   KEEP | AVG_TOKENS | RATIO   the budget: tokens kept per image | average over layers | fraction kept
 #   STATES         query (default) or key;  VARIANT  official (default) or paper;  SEED  random baseline seed
 #   CONV_MODE      conversation template (default vicuna_v1, as LLaVA-1.5's scripts)
@@ -45,6 +45,7 @@ die() {
 
 # The pruning flags and the run-name tag, from METHOD / LAYER / KEEP | AVG_TOKENS | RATIO / STATES / VARIANT /
 # SEED / PRUNE_OPTIONS.
+VISION_METHODS="cdpruner divprune prumerge prumerge_plus visionzip vispruner"
 PRUNE_ARGS=()
 PRUNE_TAG=""
 budgets=()
@@ -54,8 +55,12 @@ budgets=()
 if [[ -n "${METHOD:-}" ]]; then
     (( ${#budgets[@]} == 1 )) || die "METHOD=$METHOD needs exactly one budget: KEEP, AVG_TOKENS or RATIO (e.g. AVG_TOKENS=192)"
     read -r budget_flag budget_value budget_tag <<< "${budgets[0]}"
-    PRUNE_ARGS=(--prune-method "$METHOD" --prune-layer "${LAYER:-2}" "$budget_flag" "$budget_value")
-    PRUNE_TAG="-$METHOD-L${LAYER:-2}-$budget_tag"
+    # Vision-stage methods prune before the language model: their layer is 0 (the registry says which they are;
+    # tests/test_scripts.py checks this list against it).
+    default_layer=2
+    [[ " $VISION_METHODS " == *" $METHOD "* ]] && default_layer=0
+    PRUNE_ARGS=(--prune-method "$METHOD" --prune-layer "${LAYER:-$default_layer}" "$budget_flag" "$budget_value")
+    PRUNE_TAG="-$METHOD-L${LAYER:-$default_layer}-$budget_tag"
     if [[ -n "${STATES:-}" ]]; then
         PRUNE_ARGS+=(--prune-states "$STATES")
         [[ "$STATES" != query ]] && PRUNE_TAG+="-$STATES"

@@ -70,11 +70,33 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
             tower = self.get_vision_tower()
             check_prune_config(cfg, self.config, tower.num_patches if tower is not None else None)
+            if cfg.stage == "vision":
+                self._check_vision_stage(cfg, tower)
         self.model.prune = cfg
         self.model.prune_trace = []
 
+    def _check_vision_stage(self, cfg, tower) -> None:
+        """A vision-stage method needs the tower's patch features (and, for some, CLIP's text tower)."""
+        from entropyprune.methods import get_spec
+
+        if tower is None:
+            raise ValueError(f"--prune-method {cfg.method!r} prunes the vision tower's tokens; this model has none")
+        if tower.select_feature != "patch":
+            raise ValueError(f"--prune-method {cfg.method!r} needs mm_vision_select_feature 'patch' (the CLS token "
+                             f"is not a visual token to prune); this model uses {tower.select_feature!r}")
+        if "clip_text" in get_spec(cfg.method).needs:
+            from llava.model.multimodal_encoder.clip_encoder import load_clip_text
+
+            name = cfg.method_options().clip_text_tower or tower.vision_tower_name
+            if getattr(self.model, "clip_text_name", None) != name:
+                self.model.clip_text = load_clip_text(name, device=tower.device, dtype=tower.dtype)
+                self.model.clip_text_name = name
+
     def _prune_hook(self, splice: Splice | None):
         self.model.prune_trace = []
+        if splice is not None and splice.vision_trace is not None:  # pruned before the language model
+            self.model.prune_trace = splice.vision_trace
+            return None
         if self.model.prune is None or splice is None or not any(splice.image_spans):
             if splice is not None:
                 self.model.prune_trace = [[] for _ in splice.image_spans]
@@ -86,7 +108,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
     # -- forward -------------------------------------------------------------------------------------------
 
     def _prefill_inputs(self, input_ids, images, attention_mask, position_ids, inputs_embeds, labels,
-                        padding_side=None):
+                        padding_side=None, texts=None):
         if inputs_embeds is not None:
             b, t = inputs_embeds.shape[:2]
             mask = attention_mask.bool() if attention_mask is not None else None
@@ -95,17 +117,18 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             return inputs_embeds, mask, position_ids, labels, None
         if input_ids is None:
             raise ValueError("pass input_ids or inputs_embeds")
-        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, padding_side=padding_side)
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, padding_side=padding_side, texts=texts)
         mask = sp.attention_mask if (attention_mask is not None or sp.has_padding) else None
         pos = position_ids.to(sp.position_ids.device) if position_ids is not None else sp.position_ids
         return sp.inputs_embeds, mask, pos, sp.labels, sp
 
     def forward(self, input_ids=None, images=None, image_sizes=None, attention_mask=None, position_ids=None,
                 inputs_embeds=None, past_key_values: KVCache | None = None, labels=None, use_cache=False,
-                return_dict=True, **kwargs) -> CausalLMOutput:
+                return_dict=True, texts=None, **kwargs) -> CausalLMOutput:
         """Logits over the whole (spliced) sequence. With pruning on, over the kept tokens only.
 
         A call with `past_key_values` holding a cache is a decode step: `input_ids` [B, T] are new text tokens.
+        `texts`: each prompt's instruction, for vision-stage methods that read it (CDPruner).
         """
         if past_key_values is not None and not past_key_values.empty:
             x = self.model.embed_tokens(input_ids)
@@ -117,7 +140,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             return CausalLMOutput(self.lm_head(hidden).float(), None, past_key_values, pos)
 
         embeds, mask, pos, labels, splice = self._prefill_inputs(
-            input_ids, images, attention_mask, position_ids, inputs_embeds, labels)
+            input_ids, images, attention_mask, position_ids, inputs_embeds, labels, texts=texts)
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache(len(self.model.layers))
@@ -137,7 +160,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
     def generate(self, inputs=None, images=None, image_sizes=None, attention_mask=None, do_sample=False,
                  temperature=1.0, top_p=None, top_k=None, num_beams=1, max_new_tokens=128, use_cache=True,
                  eos_token_id=None, pad_token_id=None, generator: torch.Generator | None = None,
-                 streamer=None, stopping_criteria=None, input_ids=None, inputs_embeds=None,
+                 streamer=None, stopping_criteria=None, input_ids=None, inputs_embeds=None, texts=None,
                  **unsupported) -> torch.Tensor:
         """Greedy (or sampled) decoding; returns only the new tokens [B, n], padded after EOS.
 
@@ -146,7 +169,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         rather than silently ignored. ``stopping_criteria`` (a list of callables, e.g. LLaVA's
         ``KeywordsStoppingCriteria``) is called after every step with the new tokens so far ``[B, n]`` and
         the step's logits, as transformers does for a prompt given as embeddings; a criterion returns one
-        bool (stop every row) or a bool tensor ``[B]`` (stop those rows).
+        bool (stop every row) or a bool tensor ``[B]`` (stop those rows). ``texts`` (CDPruner's argument):
+        each prompt's instruction, read by vision-stage methods that need it.
 
         Synchronisation: checking whether every row has finished reads one bool on the host per generated
         token (that is what lets generation stop early); ``streamer`` and ``stopping_criteria`` read the
@@ -156,7 +180,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             names = ", ".join(sorted(unsupported))
             raise TypeError(f"generate() does not support {names}; it takes LLaVA's generation arguments "
                             "(images, image_sizes, attention_mask, do_sample, temperature, top_p, top_k, num_beams=1, "
-                            "max_new_tokens, use_cache, eos_token_id, pad_token_id, streamer, stopping_criteria)")
+                            "max_new_tokens, use_cache, eos_token_id, pad_token_id, streamer, stopping_criteria, "
+                            "texts)")
         if inputs_embeds is not None:
             raise NotImplementedError("generate() takes input_ids with <image> markers, not inputs_embeds")
         if inputs is not None and input_ids is not None:
@@ -175,7 +200,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         sample = do_sample and temperature is not None and temperature > 0
 
         embeds, mask, pos, _, splice = self._prefill_inputs(inputs, images, attention_mask, None, None, None,
-                                                            padding_side="left")
+                                                            padding_side="left", texts=texts)
         b = embeds.shape[0]
         device = embeds.device
         finished = torch.zeros(b, dtype=torch.bool, device=device)

@@ -93,6 +93,13 @@ class CLIPVisionTower(nn.Module):
         out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
         return self.feature_select(out.hidden_states).to(images.dtype)
 
+    @torch.no_grad()
+    def hidden_states(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every encoder layer's input and the last output, ``[N, 1+V, Dv]`` each (CLS first), in the
+        images' dtype: what vision-stage pruning methods read (``forward`` takes its features from them)."""
+        out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        return tuple(h.to(images.dtype) for h in out.hidden_states)
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.vision_tower.parameters()).dtype
