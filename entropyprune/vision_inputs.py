@@ -44,8 +44,9 @@ class VisionInputs:
     ``tower``: the ``CLIPVisionModel`` (for its encoder layers' q/k projections and ``post_layernorm``).
     ``project``: the LLaVA projector, ``[..., Dv] -> [..., D]``.
     ``instructions``: each image's instruction text (its prompt's question), or None where unknown.
-    ``text_encoder``: ``list[str] -> [n, P]`` CLIP text embeddings (``text_projection`` of the pooled
-    output), present when the method needs it; ``image_projection``: CLIP's ``visual_projection``.
+    ``text_encoder``: ``list[str] -> [[S_i, P], ...]`` CLIP text embeddings (``text_projection`` of the
+    pooled output), one row per 77-token segment of each text, present when the method needs it;
+    ``image_projection``: CLIP's ``visual_projection``.
     Tests may give ``features`` (``[I, V, Dv]``) and ``projected`` (``[I, V, D]``) directly.
     """
 
@@ -183,8 +184,9 @@ class VisionInputs:
         return self.vision_qk(layer)[1][:, :, 1:]
 
     # ------------------------------------------------------------------ text
-    def text_embeds(self) -> Tensor:
-        """``[I, P]`` the CLIP text embedding of each image's instruction (CDPruner)."""
+    def text_embeds(self) -> list[Tensor]:
+        """Per image, ``[S, P]``: the CLIP text embedding of its instruction, one row per 77-token segment
+        (S = 1 unless the instruction is longer than CLIP's context) (CDPruner)."""
         if self._text_encoder is None:
             raise ValueError(f"{self.config.method if self.config else 'this method'} needs CLIP's text tower, "
                              "which was not loaded")

@@ -20,15 +20,21 @@ def _keys(path):
 
 
 def test_tower_is_saved_in_clip_vision_model_layout(tiny_llava, loaded_tiny):
-    """openai/clip-vit-large-patch14-336's `vision_model.*` names, which transformers 4.x needs (without them it
-    initialises the tower at random) and which transformers 5 reads too."""
-    from transformers import CLIPVisionModel
+    """A full CLIPModel checkpoint as openai/clip-vit-large-patch14-336 is: the vision tower under its
+    `vision_model.*` names (which transformers 4.x needs; without them it initialises the tower at random, and
+    transformers 5 reads them too), next to the text tower and the two projections."""
+    from transformers import CLIPModel, CLIPVisionModel
 
     tower_dir = os.path.join(tiny_llava, TOWER_DIR)
     keys = _keys(os.path.join(tower_dir, "model.safetensors"))
-    assert keys and all(k.startswith("vision_model.") for k in keys)
+    other = {k for k in keys if not k.startswith(("vision_model.", "text_model."))}
+    assert any(k.startswith("vision_model.") for k in keys) and any(k.startswith("text_model.") for k in keys)
+    assert other == {"visual_projection.weight", "text_projection.weight", "logit_scale"}
+    _, info = CLIPModel.from_pretrained(tower_dir, output_loading_info=True)
+    assert not any(info.values()), info
     ref, info = CLIPVisionModel.from_pretrained(tower_dir, output_loading_info=True)
-    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    assert all(not k.startswith("vision_model.") for k in info["unexpected_keys"])  # only the text half is unused
     ours = loaded_tiny[1].get_vision_tower()
     assert ref.state_dict().keys() == ours.vision_tower.state_dict().keys()
     assert all(torch.equal(t, ours.vision_tower.state_dict()[k]) for k, t in ref.state_dict().items())
@@ -103,3 +109,16 @@ def test_absolute_tower_path(tmp_path):
     with open(os.path.join(out, "config.json")) as f:
         tower = json.load(f)["mm_vision_tower"]
     assert os.path.isabs(tower) and os.path.samefile(tower, os.path.join(out, TOWER_DIR))
+
+
+def test_the_text_half_leaves_the_vision_weights_as_their_own_seed_draws_them(loaded_tiny):
+    """The tower is drawn first from seed + 1, the text half after from another seed: adding the text half
+    changed no vision weight (so answers and kept tokens of earlier builds stay as they were)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from llava.tools.make_tiny_checkpoint import TINY_VISION
+
+    torch.manual_seed(1)
+    fresh = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).state_dict()
+    ours = loaded_tiny[1].get_vision_tower().vision_tower.state_dict()
+    assert fresh.keys() == ours.keys() and all(torch.equal(fresh[k], ours[k]) for k in fresh)

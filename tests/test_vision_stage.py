@@ -17,6 +17,7 @@ from tests.conftest import make_image, vicuna_prompt
 # One configuration per vision-stage method (and random at layer 0) that fits the tiny model (576 patches).
 VISION_CONFIGS = {
     "random@0": dict(method="random", layer=0, keep=100),
+    "cdpruner": dict(method="cdpruner", keep=40),
 }
 VISION_METHODS = sorted(name for name, spec in METHODS.items() if "vision" in spec.stages)
 

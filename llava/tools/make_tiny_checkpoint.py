@@ -4,9 +4,10 @@
         [--absolute-tower-path]
 
 What it writes, in the real formats:
-- a tiny CLIP tower as its own folder (336 px, patch 14: 576 visual tokens, like CLIP-L/14-336) with its
-  preprocessor config, weights named `vision_model.*` as in openai's CLIP checkpoints; `mm_vision_tower`
-  names the folder (LLaVA format) or the tower is inside the weights (hf format);
+- a tiny CLIP as its own folder (336 px, patch 14: 576 visual tokens, like CLIP-L/14-336), a full CLIPModel
+  checkpoint as openai/clip-vit-large-patch14-336 is: the vision tower under `vision_model.*`, the text
+  tower, both projections, the preprocessor config and a byte-level BPE CLIP tokenizer (what CDPruner reads);
+  `mm_vision_tower` names the folder (LLaVA format) or the vision tower is inside the weights (hf format);
 - a real SentencePiece `tokenizer.model`, trained on the spot on prompt-like text;
 - random Llama weights (several heads, 4 layers), sharded safetensors with an index (or `.bin` shards);
 - config.json, generation_config.json, tokenizer_config.json, special_tokens_map.json.
@@ -95,6 +96,41 @@ TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, nu
                    layer_norm_eps=1e-5, num_channels=3)
 
 
+# The text half of the tiny CLIP: CLIP's 77-token context, its projection width equal to the vision half's.
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+                      projection_dim=TINY_VISION["projection_dim"])
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's byte-to-character table, which CLIP's BPE vocabulary is written in: printable bytes stand for
+    themselves, the other bytes are shifted to 256 and above."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def _write_clip_tokenizer(out_dir: str) -> dict:
+    """A CLIP tokenizer with no merges: every byte alone and at a word's end (`</w>`), then CLIP's two
+    special tokens. Words become characters, which is all a random text tower needs. Returns the ids."""
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    ids = {"bos_token_id": len(vocab), "eos_token_id": len(vocab) + 1, "vocab_size": len(vocab) + 2}
+    vocab.update({"<|startoftext|>": ids["bos_token_id"], "<|endoftext|>": ids["eos_token_id"]})
+    _write_json(os.path.join(out_dir, "vocab.json"), vocab)
+    with open(os.path.join(out_dir, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    _write_json(os.path.join(out_dir, "special_tokens_map.json"), {
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>"})
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": TINY_CLIP_TEXT["max_position_embeddings"],
+        "do_lower_case": True, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"})
+    return ids
+
+
 def tower_state_dict(tower) -> dict[str, torch.Tensor]:
     """The tower's weights under CLIPVisionModel's `vision_model.*` names, the layout of
     openai/clip-vit-large-patch14-336.
@@ -108,16 +144,29 @@ def tower_state_dict(tower) -> dict[str, torch.Tensor]:
 
 
 def _make_tower(out_dir: str, seed: int):
+    """The tiny CLIP folder; returns its vision tower (the only half LLaVA itself uses).
+
+    The vision weights come first from their own seed, so the text half (drawn after, from another seed)
+    leaves them as they were before the text half existed."""
     from safetensors.torch import save_file
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModel
 
     from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
     torch.manual_seed(seed + 1)
     tower = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
-    tower.config.architectures = ["CLIPVisionModel"]
-    tower.config.save_pretrained(out_dir)
-    save_file(tower_state_dict(tower), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    ids = _write_clip_tokenizer(out_dir)
+    text_config = {**TINY_CLIP_TEXT, **ids, "pad_token_id": ids["eos_token_id"]}
+    torch.manual_seed(seed + 2)
+    text = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
+    visual_projection = torch.randn(TINY_VISION["projection_dim"], TINY_VISION["hidden_size"]) * 0.1
+    config = CLIPConfig(text_config=text_config, vision_config=TINY_VISION,
+                        projection_dim=TINY_VISION["projection_dim"])
+    config.architectures = ["CLIPModel"]
+    config.save_pretrained(out_dir)
+    state = {**tower_state_dict(tower), **{k: t.contiguous() for k, t in text.state_dict().items()},
+             "visual_projection.weight": visual_projection, "logit_scale": torch.tensor(2.6592)}
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     clip_image_processor_class()(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],

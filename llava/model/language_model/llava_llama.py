@@ -89,7 +89,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
             name = cfg.method_options().clip_text_tower or tower.vision_tower_name
             if getattr(self.model, "clip_text_name", None) != name:
-                self.model.clip_text = load_clip_text(name, device=tower.device, dtype=tower.dtype)
+                self.model.clip_text = load_clip_text(name, tower=tower, device=tower.device)
                 self.model.clip_text_name = name
 
     def _prune_hook(self, splice: Splice | None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -14,6 +15,23 @@ def clip_image_processor_class():
     import transformers
 
     return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers prints a load report listing the other half of a full CLIP checkpoint as unexpected;
+    the loaders here check the loading info themselves, so its report and progress bar are silenced."""
+    from transformers.utils import logging
+
+    level, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
+        if bars:
+            logging.enable_progress_bar()
 
 
 class CLIPVisionTower(nn.Module):
@@ -64,7 +82,8 @@ class CLIPVisionTower(nn.Module):
             read_json(os.path.join(name, "preprocessor_config.json"))
             weight_files(name)  # an error naming the folder when it holds no weights
         try:
-            model, info = CLIPVisionModel.from_pretrained(name, local_files_only=local, output_loading_info=True)
+            with _quiet_loading():
+                model, info = CLIPVisionModel.from_pretrained(name, local_files_only=local, output_loading_info=True)
         except FileNotFoundError:
             raise
         except Exception as err:  # a corrupt weights file: transformers' message may not say which tower
@@ -123,6 +142,96 @@ class CLIPVisionTower(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.num_patches_per_side ** 2
+
+
+class CLIPTextEncoder:
+    """CLIP's text tower and tokenizer as CDPruner uses them: ``texts -> [[S_i, P], ...]``, one
+    ``text_embeds`` row per 77-token segment of each text.
+
+    Each text is tokenized whole (no truncation), padded with zeros (ids and mask) to a multiple of the
+    tower's context and cut into segments, so a long instruction gives several rows; every segment of every
+    text goes through the tower in one call. In float32, as CDPruner loads it."""
+
+    def __init__(self, tokenizer, model):
+        self.tokenizer = tokenizer
+        self.model = model
+        self.context = model.config.max_position_embeddings
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str]) -> list[torch.Tensor]:
+        import warnings
+
+        ids, masks, counts = [], [], []
+        for text in texts:
+            with warnings.catch_warnings():  # "sequence longer than the model's maximum": it is cut below
+                warnings.simplefilter("ignore")
+                enc = self.tokenizer(text=text, return_tensors="pt", verbose=False)
+            segments = (enc.input_ids.shape[1] - 1) // self.context + 1
+            pad = segments * self.context - enc.input_ids.shape[1]
+            ids.append(nn.functional.pad(enc.input_ids, (0, pad)).reshape(segments, self.context))
+            masks.append(nn.functional.pad(enc.attention_mask, (0, pad)).reshape(segments, self.context))
+            counts.append(segments)
+        device = next(self.model.parameters()).device
+        embeds = self.model(input_ids=torch.cat(ids).to(device), attention_mask=torch.cat(masks).to(device)).text_embeds
+        return list(embeds.split(counts))
+
+
+class CLIPImageProjection(nn.Module):
+    """CLIP's ``visual_projection``, in float32 as CDPruner applies it (to the float of its input)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.float())
+
+
+def load_clip_text(name: str, tower=None, device=None) -> tuple[CLIPTextEncoder, CLIPImageProjection]:
+    """CLIP's text tower, tokenizer and visual projection from the full CLIP checkpoint ``name`` (a folder
+    or a hub id, e.g. openai/clip-vit-large-patch14-336, the checkpoint LLaVA-1.5's tower comes from).
+
+    Loaded only for the methods that read CLIP's image-text similarity (CDPruner). ``tower``: the model's
+    CLIPVisionTower; the checkpoint's vision half must be that tower (the projection is applied to its
+    features), which is checked on its patch embedding.
+    """
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+
+    local = os.path.isdir(name)
+    hint = ("CLIP's text tower comes from the full CLIP checkpoint of the model's vision tower (for LLaVA-1.5, "
+            "openai/clip-vit-large-patch14-336, a hub id or a downloaded folder); name it with "
+            "--prune-option clip_text_tower=PATH_OR_ID")
+    if not local and (os.path.sep in name or name.startswith(".")):
+        raise FileNotFoundError(f"CLIP checkpoint {name!r} not found. {hint}")
+    try:
+        with _quiet_loading():
+            text, info = CLIPTextModelWithProjection.from_pretrained(name, local_files_only=local,
+                                                                     output_loading_info=True, dtype=torch.float32)
+            vision, vinfo = CLIPVisionModelWithProjection.from_pretrained(name, local_files_only=local,
+                                                                          output_loading_info=True, dtype=torch.float32)
+            tokenizer = CLIPTokenizer.from_pretrained(name, local_files_only=local)
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"cannot load CLIP's text tower from {name!r}: {type(err).__name__}: {err}\n{hint}") from err
+    missing = sorted({*(info.get("missing_keys") or ()), *(k for k in vinfo.get("missing_keys") or ()
+                                                            if "projection" in k)})
+    if missing:
+        raise ValueError(f"{name!r} is not a full CLIP checkpoint: {len(missing)} weight(s) of the text tower or "
+                         f"the projections missing ({', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}). "
+                         + hint)
+    if tower is not None:
+        def patch_weight(model):
+            return getattr(model, "vision_model", model).embeddings.patch_embedding.weight
+
+        ours, theirs = patch_weight(tower.vision_tower), patch_weight(vision)
+        if ours.shape != theirs.shape or not torch.allclose(ours.float().cpu(), theirs.cpu(), atol=1e-3, rtol=1e-3):
+            raise ValueError(f"the CLIP checkpoint {name!r} is not the model's vision tower "
+                             f"({tower.vision_tower_name!r}): its vision weights differ. " + hint)
+    text.requires_grad_(False).eval()
+    projection = CLIPImageProjection(vision.visual_projection).requires_grad_(False)
+    if device is not None:
+        text.to(device)
+        projection.to(device)
+    return CLIPTextEncoder(tokenizer, text), projection
 
 
 def _clip_extra(key: str) -> bool:
