@@ -130,6 +130,32 @@ def test_efficiency_bench_with_vision_tower(tmp_path):
                                                        keep=98)["fraction"]
 
 
+def test_efficiency_bench_vision_stage_rows(capsys):
+    """A vision-stage method runs at layer 0 with N = T; its FLOPs split into the vision tower, its own work
+    and the language model; the cache holds N visual tokens in every layer (checked inside the run)."""
+    from llava.bench import efficiency
+
+    rows = efficiency.main(["--arch", "tiny", "--with-vision", "--repeats", "1", "--warmup", "0",
+                            "--new-tokens", "1", "--budgets", "64", "--methods", "cdpruner,random",
+                            "--layer", "2"])
+    vanilla, cdp, rnd = rows
+    assert cdp["label"] == "cdpruner@64" and cdp["layer"] == 0 and cdp["keep"] == 64
+    assert cdp["visual_per_layer"] == [64] * 4 and cdp["visual_tokens"] == 576
+    assert cdp["layer_lengths"] == [cdp["text_tokens"] + 64] * 4
+    assert rnd["layer"] == 2 and rnd["visual_per_layer"][:2] == [576, 576]
+    for r in (cdp, rnd):
+        parts = r["flops_vision_fraction"] + r["flops_method_fraction"] + r["flops_lm_fraction"]
+        assert r["flops_fraction"] == pytest.approx(parts)
+    # Vision tower + projector: the same for every row, and the whole of vanilla's non-LM work.
+    assert cdp["flops_vision_fraction"] == pytest.approx(rnd["flops_vision_fraction"])
+    assert vanilla["flops_vision_fraction"] + vanilla["flops_lm_fraction"] == pytest.approx(1.0)
+    # CDPruner's own work holds at least its 576 x 576 similarity of the 64-wide projected features;
+    # random's has no matrix product.
+    assert cdp["method_flops"] >= 2 * 576 * 576 * 64 and rnd["method_flops"] == 0
+    assert cdp["select_s"] > 0
+    assert "cdpruner@64: selection" in capsys.readouterr().out
+
+
 def test_efficiency_bench_rejects_bad_input():
     from llava.bench import efficiency
 
@@ -137,3 +163,5 @@ def test_efficiency_bench_rejects_bad_input():
         efficiency.main(["--arch", "tiny", "--methods", "nope"])
     with pytest.raises(ValueError, match="--questions needs --model-path"):
         efficiency.main(["--arch", "tiny", "--questions", "x.jsonl"])
+    with pytest.raises(ValueError, match="--with-vision"):
+        efficiency.main(["--arch", "tiny", "--methods", "cdpruner"])

@@ -28,6 +28,10 @@ Per row (vanilla, then each method at each average budget):
   tokens and kept tokens read from the splice and the prune trace), the decoder layers plus the vision
   tower when one runs: the work that ``prefill_s`` times. ``flops_bound_speedup = 1 / flops_fraction`` and
   ``speedup_vs_bound = (vanilla prefill / this prefill) / flops_bound_speedup``.
+- ``flops_vision_fraction`` + ``flops_method_fraction`` + ``flops_lm_fraction`` = ``flops_fraction``: the
+  vision tower and projector (every patch, as vanilla), the method's own work (its calls in one prefill,
+  counted by torch's ``FlopCounterMode``: matrix products and attention; for CDPruner including CLIP's text
+  tower) and the language model's prefill, each over vanilla's total.
 - ``select_s``: the pruning method's own call (for EntropyPrune: token entropy + top-N) on the states it
   was given inside the prefill, timed again on its own, same device, after the runs; ``score_s`` is the
   scorer alone (``token_entropy`` for EntropyPrune); ``select_share`` = ``select_s / prefill_s``.
@@ -72,13 +76,14 @@ import torch
 
 from entropyprune.budget import BudgetError, keep_for_budget
 from entropyprune.config import STATES, VARIANTS
-from entropyprune.methods import available_methods, method_stage
+from entropyprune.methods import available_methods, get_spec, method_stage
 from entropyprune.options import parse_option_args
 from llava.bench.measure import Memory, check_cache, profile_breakdown, run_once
 from llava.bench.table5 import build_rows, format_table, summarise
 from llava.bench.workload import (
     ARCHS,
     DEFAULT_CPU_LAYERS,
+    attach_random_clip_text,
     device_and_dtype,
     question_prompts,
     random_model,
@@ -184,8 +189,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if m not in available_methods():
             known = ", ".join(available_methods())
             raise ValueError(f"--methods: {m!r} is not a registered method; choose from {known}")
-        if method_stage(m) != "llm":
-            raise ValueError(f"--methods: {m!r} prunes before the language model; not wired into the model yet")
+        if method_stage(m) == "vision" and not (args.model_path or args.with_vision):
+            raise ValueError(f"--methods: {m!r} prunes the vision tower's tokens (layer 0); add --with-vision "
+                             "(a random CLIP tower) or give a --model-path")
     if args.repeats < 1 or args.new_tokens < 1 or args.warmup < 0 or args.num_questions < 1:
         raise ValueError("--repeats, --new-tokens and --num-questions must be >= 1, --warmup >= 0")
     if args.questions and not args.model_path:
@@ -207,12 +213,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         arch = args.arch or ("llava-1.5-7b" if device.type == "cuda" else "llava-1.5-7b-cpu")
         model = random_model(arch, args.layers, args.with_vision, device, dtype, args.seed)
+        if any("clip_text" in get_spec(m).needs for m in methods):
+            attach_random_clip_text(model, arch, args.seed)
         tokenizer = image_processor = None
         budget_layers = args.budget_layers or 32
     model.get_model().set_attn_implementation(args.attn_implementation)
     load_s = time.perf_counter() - t_load
     L = model.config.num_hidden_layers
-    if not 1 <= args.layer <= L - 1:
+    if any(method_stage(m) == "llm" for m in methods) and not 1 <= args.layer <= L - 1:
         raise ValueError(f"--layer {args.layer}: must be in [1, {L - 1}] for this {L}-layer model")
     tower = model.get_vision_tower()
     num_visual = tower.num_patches if tower is not None else 576
@@ -300,8 +308,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if rec["select_s"] is not None:
             inline = f", {1e3 * rec['select_inline_s']:.1f} ms inside the prefill" if rec["select_inline_s"] else ""
             score = f" (scorer alone {1e3 * rec['score_s']:.1f} ms)" if rec["score_s"] is not None else ""
+            pct = {k: 100 * rec[f"flops_{k}fraction"] for k in ("", "vision_", "method_", "lm_")}
             print(f"{rec['label']}: selection {1e3 * rec['select_s']:.1f} ms{score}{inline} = "
-                  f"{100 * rec['select_share']:.2f}% of prefill")
+                  f"{100 * rec['select_share']:.2f}% of prefill; FLOPs {pct['']:.1f}% of vanilla = vision "
+                  f"{pct['vision_']:.1f}% + method {pct['method_']:.2f}% + language model {pct['lm_']:.1f}%")
     print("KV cache: every run's KVCache.nbytes() == 2 * sum(layer lengths) * kv_heads * head_dim * bytes, "
           "and the lengths match the kept tokens (asserted)")
 

@@ -112,8 +112,9 @@ class Memory:
 def _splice(model, prompt: Prompt):
     """The spliced prefill input, as ``generate`` builds it (left padding), with or without a vision tower."""
     features = None if prompt.features is None else [prompt.features]
+    texts = [prompt.text] if prompt.text is not None else None
     return model.splice_multimodal(prompt.input_ids, prompt.images, None, None, padding_side="left",
-                                   image_features=features)
+                                   image_features=features, texts=texts)
 
 
 def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -> dict[str, Any]:
@@ -123,6 +124,11 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
     device = model.device
     lm = model.get_model()
     model.set_prune(row.prune)
+    vision_stage = row.prune is not None and row.prune.stage == "vision"
+    # A vision-stage method is called inside the splice: the model calls this wrapper instead.
+    lm.vision_method = _TimedMethod(_method_fn(row), row, inline=device.type == "cpu") if vision_stage else None
+    if vision_stage:
+        row.calls_per_prefill = 1
     base = memory.reset()
     sync(device)
     t0 = time.perf_counter()
@@ -146,12 +152,18 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
         token = model.lm_head(hidden[:, -1]).float().argmax(-1)
     sync(device)
     t2 = time.perf_counter()
+    lm.vision_method = None
     trace = lm.prune_trace
     spans = splice.image_spans[0]
-    # Visual tokens each layer holds, per image: V until the first stage, then what each stage left.
-    visual_by_layer = []
+    n_text = splice.lengths[0] - sum(v for _, v in spans)
+    # Visual tokens each layer holds, per image: V until the first stage, then what each stage left. A
+    # vision-stage record (layer 0) holds the image's V before pruning; the splice already holds N.
+    visual_by_layer, visual = [], []
     for j, (_, v) in enumerate(spans):
         stages = trace[0][j] if trace and trace[0] else []
+        if stages and stages[0].layer == 0:
+            v = stages[0].length
+        visual.append(v)
         tokens = [v] * len(lm.layers)
         for rec in stages:
             for i in range(rec.layer, len(lm.layers)):
@@ -169,7 +181,8 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
         "lengths": lengths,
         "elem": elem,
         "n_total": splice.lengths[0],
-        "visual": [v for _, v in spans],
+        "n_text": n_text,
+        "visual": visual,
         "kept": kept,
         "visual_by_layer": visual_by_layer,
     }
@@ -177,7 +190,7 @@ def run_once(model, prompt: Prompt, row: Row, new_tokens: int, memory: Memory) -
 
 def check_cache(res: dict[str, Any], config, layer: int | None, label: str) -> None:
     """The KV cache holds exactly the tokens the pruning contract says (target: it shrinks as kept tokens say)."""
-    n_text = res["n_total"] - sum(res["visual"])
+    n_text = res["n_text"]
     L = config.num_hidden_layers
     expect = [n_text + sum(tokens[i] for tokens in res["visual_by_layer"]) for i in range(L)]
     if res["lengths"] != expect:
@@ -189,14 +202,46 @@ def check_cache(res: dict[str, Any], config, layer: int | None, label: str) -> N
                              f" = {formula}")
 
 
+def _method_fn(row: Row) -> Callable:
+    from entropyprune.methods import get_method
+
+    return get_method(row.prune.method)
+
+
+def method_flops(row: Row) -> int | None:
+    """Floating-point operations of one prefill's method calls, counted by torch's ``FlopCounterMode`` (matrix
+    products, einsums and attention: the work that grows with the tokens; element-wise ops and eigen-solves
+    are not counted), on the inputs captured inside the prefill.
+
+    At the vision stage the projected features of every patch are computed before counting: vanilla LLaVA
+    projects every patch too, and the vision column counts that projection for every row. What is counted is
+    the method's work beyond it (CLIP's text tower for CDPruner, similarities, greedy steps, merging)."""
+    if row.captured is None or row.prune is None:
+        return None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from entropyprune.vision_inputs import VisionInputs
+
+    method = _method_fn(row)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode():
+        for inputs, _ in row.captured:
+            inputs.forget()
+            if isinstance(inputs, VisionInputs):
+                inputs.projected  # noqa: B018 - computed outside the count (see above)
+        with counter:
+            for inputs, n_keep in row.captured:
+                method(inputs, n_keep)
+    return int(counter.get_total_flops())
+
+
 def time_selection(row: Row, repeats: int, device: torch.device) -> tuple[float | None, float | None]:
     """The method call and the scorer alone, on the states captured inside the prefill."""
     if row.captured is None or row.prune is None:
         return None, None
-    from entropyprune.methods import get_method
     from entropyprune.score import token_entropy
 
-    method = get_method(row.prune.method)
+    method = _method_fn(row)
 
     def select_all():
         # Every stage's call, each from scratch: nothing a method computed on demand is reused.

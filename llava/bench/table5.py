@@ -10,7 +10,7 @@ import torch
 
 from entropyprune import flops as F
 from entropyprune.config import PruneConfig
-from llava.bench.measure import Row, time_selection
+from llava.bench.measure import Row, method_flops, time_selection
 from llava.bench.workload import lm_shape
 
 GIB, MIB = 2**30, 2**20
@@ -25,21 +25,32 @@ def build_rows(methods: list[str], budgets: list[float], layer: int, budget_laye
 
     A single-stage method keeps the N that the budget rule gives over ``budget_layers`` layers (32: the
     LLaVA-1.5-7B rule, also on a shallower CPU preset). A multi-stage method's schedule is its own rule
-    applied to the model's real depth, so it needs a model deep enough for its layers.
+    applied to the model's real depth, so it needs a model deep enough for its layers. A vision-stage method
+    runs at layer 0, where an average budget T keeps N = T tokens; one that picks its own count per image
+    (adaptive, e.g. PruMerge's default) takes no budget and gets one row, ``METHOD@adaptive``.
     """
+    from entropyprune.methods import get_spec
+    from entropyprune.options import build_options
+
     rows = [Row("vanilla", "vanilla", None, None, None)]
     for method in methods:
         opts = (options or {}).get(method, {})
+        spec = get_spec(method)
+        at = 0 if spec.stage == "vision" else layer
+        if spec.adaptive is not None and spec.adaptive(build_options(method, spec.options, opts)):
+            cfg = PruneConfig(method=method, layer=at, variant=variant, states=states, seed=seed, options=opts)
+            rows.append(Row(f"{method}@adaptive", method, None, None, cfg))
+            continue
         for avg in budgets:
             avg = int(avg) if float(avg).is_integer() else avg
-            probe = PruneConfig(method=method, layer=layer, avg_tokens=avg, variant=variant, states=states,
+            probe = PruneConfig(method=method, layer=at, avg_tokens=avg, variant=variant, states=states,
                                 seed=seed, options=opts)
             stages = probe.schedule(budget_layers, num_visual)
             if len(stages) == 1 and not stages[0].merged:
                 # One stage: keep what the budget gives over budget_layers layers (what a method realises,
                 # e.g. DART's pivot multiples), also on a shallower model.
                 keep = stages[0].keep
-                cfg = PruneConfig(method=method, layer=layer, keep=keep, variant=variant, states=states, seed=seed,
+                cfg = PruneConfig(method=method, layer=at, keep=keep, variant=variant, states=states, seed=seed,
                                   options=opts)
             else:
                 cfg, keep = probe, None
@@ -55,18 +66,22 @@ def summarise(rows: list[Row], model, vision: F.VisionShape | None, meta: dict[s
     vanilla_prefill = vanilla_latency = None
     for row in rows:
         per = list(row.per_prompt.values())
-        fractions, totals, kv_vis = [], [], []
+        fractions, totals, kv_vis, vision_parts, lm_parts = [], [], [], [], []
         width = config.num_key_value_heads * config.head_dim
+        # The method's own work (one prefill's calls, on the first prompt's captured inputs).
+        own = method_flops(row) or 0
         for res in per:
-            n_text = res["n_total"] - sum(res["visual"])
+            n_text = res["n_text"]
             v = res["visual"][0]
             keep = res["kept"][0] if row.prune is not None else None
             per_layer = res["visual_by_layer"][0] if row.prune is not None else None
             counts = F.prefill_flops(shape, n_text=n_text, n_visual=v, n_images=len(res["visual"]),
                                      layer=row.prune.layer if row.prune is not None else 0, keep=keep,
                                      vision=vision, visual_per_layer=per_layer)
-            fractions.append(counts["fraction"])
-            totals.append(counts["total"])
+            fractions.append((counts["total"] + own) / counts["baseline"]["total"])
+            totals.append(counts["total"] + own)
+            vision_parts.append(counts["vision"] / counts["baseline"]["total"])
+            lm_parts.append(counts["prefill"] / counts["baseline"]["total"])
             kv_vis.append(2 * sum(n - n_text for n in res["lengths"]) * width * res["elem"])
         prefill = statistics.median(row.prefill)
         latency = statistics.median(row.latency)
@@ -83,11 +98,19 @@ def summarise(rows: list[Row], model, vision: F.VisionShape | None, meta: dict[s
             "layer": row.prune.layer if row.prune is not None else None,
             "visual_per_layer": first["visual_by_layer"][0],
             "avg_tokens_this_model": statistics.fmean(first["visual_by_layer"][0]),
-            "text_tokens": first["n_total"] - sum(first["visual"]),
+            "text_tokens": first["n_text"],
             "visual_tokens": first["visual"][0],
             "layer_lengths": first["lengths"],
             "flops": round(statistics.fmean(totals)),
             "flops_fraction": frac,
+            # Parts of the fraction, each over vanilla's total: vision tower + projector, the method's own
+            # matrix products (FlopCounterMode), the language model's prefill.
+            "flops_vision_fraction": statistics.fmean(vision_parts),
+            "flops_method_fraction": own / F.prefill_flops(
+                shape, n_text=first["n_text"], n_visual=first["visual"][0], n_images=len(first["visual"]),
+                vision=vision)["total"],
+            "flops_lm_fraction": statistics.fmean(lm_parts),
+            "method_flops": own,
             "flops_bound_speedup": 1 / frac,
             "prefill_s": prefill,
             "latency_s": latency,

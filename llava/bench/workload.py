@@ -13,6 +13,13 @@ import torch
 from entropyprune import flops as F
 
 ARCHS = ("llava-1.5-7b", "llava-1.5-7b-cpu", "tiny")
+# What a random prompt's instruction reads as, for methods that encode it (one CLIP text segment, like most
+# benchmark questions).
+RANDOM_INSTRUCTION = "What is shown in this image?"
+# CLIP ViT-L/14-336's text half (openai/clip-vit-large-patch14-336), for random-weight runs of CDPruner.
+CLIP_L_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
+                   vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
 DEFAULT_CPU_LAYERS = 6
 CLIP_L_336 = dict(
     hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=336,
@@ -97,6 +104,32 @@ def random_model(arch: str, layers: int | None, with_vision: bool, device: torch
     return model
 
 
+def attach_random_clip_text(model, arch: str, seed: int) -> None:
+    """Random CLIP text tower and visual projection of the architecture's CLIP (CLIP-L's, or the tiny one's),
+    as ``load_clip_text`` would give them, so that CDPruner runs on random weights too. The tokenizer is the
+    tiny checkpoint's byte-level CLIP tokenizer: every instruction is padded to CLIP's 77-token context, so
+    the text tower's cost does not depend on how the words split."""
+    import tempfile
+
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+    from llava.model.multimodal_encoder.clip_encoder import CLIPImageProjection, CLIPTextEncoder
+    from llava.tools.make_tiny_checkpoint import TINY_CLIP_TEXT, _write_clip_tokenizer
+
+    tower = model.get_vision_tower()
+    with tempfile.TemporaryDirectory() as folder:
+        ids = _write_clip_tokenizer(folder)
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+    text_config = {**TINY_CLIP_TEXT, **ids, "pad_token_id": ids["eos_token_id"]} if arch == "tiny" else CLIP_L_TEXT
+    torch.manual_seed(seed + 2)
+    text = CLIPTextModelWithProjection(CLIPTextConfig(**text_config)).eval().requires_grad_(False)
+    projection = torch.nn.Linear(tower.hidden_size, text_config["projection_dim"], bias=False)
+    device = tower.device
+    model.model.clip_text = (CLIPTextEncoder(tokenizer, text.to(device)),
+                             CLIPImageProjection(projection).requires_grad_(False).to(device))
+    model.model.clip_text_name = tower.vision_tower_name  # what set_prune would load: already here
+
+
 def vision_shape(model) -> F.VisionShape | None:
     tower = model.get_vision_tower()
     if tower is None:
@@ -125,6 +158,7 @@ class Prompt:
     images: torch.Tensor | None = None  # [1, 3, H, W] on the device, for a model with a vision tower
     features: torch.Tensor | None = None  # [V, D] on the device: projected image features, without a tower
     source: str = "random"
+    text: str | None = None  # the instruction, for the vision-stage methods that read it (CDPruner)
 
 
 def random_prompts(model, n_text: int, count: int, device, dtype, seed: int) -> list[Prompt]:
@@ -142,7 +176,7 @@ def random_prompts(model, n_text: int, count: int, device, dtype, seed: int) -> 
         if tower is not None:
             side = tower.config.image_size
             pixels = torch.randn(1, 3, side, side, generator=g).to(device=device, dtype=dtype)
-            prompts.append(Prompt(ids, images=pixels))
+            prompts.append(Prompt(ids, images=pixels, text=RANDOM_INSTRUCTION))
         else:
             feats = torch.randn(576, model.config.hidden_size, generator=g).to(device=device, dtype=dtype)
             prompts.append(Prompt(ids, features=feats))
@@ -157,6 +191,7 @@ def question_prompts(path: str, count: int, tokenizer, image_processor, model, i
 
     from llava.conversation import build_prompt, get_conv_template
     from llava.eval import read_jsonl
+    from llava.eval.driver import instruction_text
     from llava.mm_utils import process_images, tokenizer_image_token
 
     get_conv_template(conv_mode)  # a bad --conv-mode fails before any work
@@ -175,7 +210,7 @@ def question_prompts(path: str, count: int, tokenizer, image_processor, model, i
             image = Image.fromarray(rng.integers(0, 256, size=(336, 336, 3), dtype=np.uint8))
             source = f"{rec.get('question_id', '?')} (random image)"
         pixels = process_images([image], image_processor, model.config).to(device=device, dtype=dtype)
-        prompts.append(Prompt(ids, images=pixels, source=source))
+        prompts.append(Prompt(ids, images=pixels, source=source, text=instruction_text(rec["text"])))
     return prompts
 
 
