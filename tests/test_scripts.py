@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,3 +245,32 @@ def test_prune_options_from_the_environment(tiny_llava, demo, tmp_path):
     assert record["method"] == "pdrop"
     proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="pdrop", RATIO="0.5", PRUNE_OPTIONS="layer_list")
     assert proc.returncode != 0 and "PRUNE_OPTIONS: 'layer_list' is not NAME=VALUE" in proc.stderr
+
+
+def _shell_list(name):
+    text = open(os.path.join(os.path.dirname(__file__), "..", "scripts", "eval", "_common.sh")).read()
+    return set(re.search(rf'^{name}="([^"]*)"', text, re.M).group(1).split())
+
+
+def test_the_scripts_know_which_methods_run_at_the_vision_stage_and_which_are_adaptive():
+    """The scripts default LAYER to 0 for vision-stage methods and allow no budget for adaptive ones: their
+    lists must be the registry's."""
+    from entropyprune.methods import METHODS
+    from entropyprune.options import build_options
+
+    vision = {name for name, spec in METHODS.items() if spec.stage == "vision"}
+    adaptive = {name for name, spec in METHODS.items()
+                if spec.adaptive is not None and spec.adaptive(build_options(name, spec.options, {}))}
+    assert _shell_list("VISION_METHODS") == vision
+    assert _shell_list("ADAPTIVE_METHODS") == adaptive
+
+
+def test_a_vision_stage_method_through_the_scripts(tiny_llava, demo, tmp_path):
+    # CDPruner reads each question's instruction and CLIP's text tower (the tiny CLIP is a full CLIPModel).
+    results = tmp_path / "results"
+    proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="cdpruner", KEEP="16")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = "llava-v1.5-tiny-cdpruner-L0-keep16"
+    meta = load(os.path.join(demo, "MME", "answers", f"{run}.jsonl.meta.json"))
+    assert (meta["layer"], meta["kept_tokens"], meta["method"]) == (0, 16, "cdpruner")
+    assert load(results / "mme" / f"{run}.json")["method"] == "cdpruner"

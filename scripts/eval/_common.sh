@@ -46,6 +46,9 @@ die() {
 # The pruning flags and the run-name tag, from METHOD / LAYER / KEEP | AVG_TOKENS | RATIO / STATES / VARIANT /
 # SEED / PRUNE_OPTIONS.
 VISION_METHODS="cdpruner divprune prumerge prumerge_plus visionzip vispruner"
+# Methods that choose each image's count themselves by default (no budget; PRUNE_OPTIONS="adaptive=false"
+# gives them one).
+ADAPTIVE_METHODS="prumerge prumerge_plus"
 PRUNE_ARGS=()
 PRUNE_TAG=""
 budgets=()
@@ -53,13 +56,19 @@ budgets=()
 [[ -n "${AVG_TOKENS:-}" ]] && budgets+=("--prune-avg-tokens $AVG_TOKENS avg$AVG_TOKENS")
 [[ -n "${RATIO:-}" ]] && budgets+=("--prune-ratio $RATIO ratio$RATIO")
 if [[ -n "${METHOD:-}" ]]; then
-    (( ${#budgets[@]} == 1 )) || die "METHOD=$METHOD needs exactly one budget: KEEP, AVG_TOKENS or RATIO (e.g. AVG_TOKENS=192)"
-    read -r budget_flag budget_value budget_tag <<< "${budgets[0]}"
+    budget_flags=()
+    if (( ${#budgets[@]} == 0 )) && [[ " $ADAPTIVE_METHODS " == *" $METHOD "* ]]; then
+        budget_tag=adaptive
+    else
+        (( ${#budgets[@]} == 1 )) || die "METHOD=$METHOD needs exactly one budget: KEEP, AVG_TOKENS or RATIO (e.g. AVG_TOKENS=192)"
+        read -r budget_flag budget_value budget_tag <<< "${budgets[0]}"
+        budget_flags=("$budget_flag" "$budget_value")
+    fi
     # Vision-stage methods prune before the language model: their layer is 0 (the registry says which they are;
     # tests/test_scripts.py checks this list against it).
     default_layer=2
     [[ " $VISION_METHODS " == *" $METHOD "* ]] && default_layer=0
-    PRUNE_ARGS=(--prune-method "$METHOD" --prune-layer "${LAYER:-$default_layer}" "$budget_flag" "$budget_value")
+    PRUNE_ARGS=(--prune-method "$METHOD" --prune-layer "${LAYER:-$default_layer}" "${budget_flags[@]}")
     PRUNE_TAG="-$METHOD-L${LAYER:-$default_layer}-$budget_tag"
     if [[ -n "${STATES:-}" ]]; then
         PRUNE_ARGS+=(--prune-states "$STATES")
