@@ -165,3 +165,25 @@ def test_efficiency_bench_rejects_bad_input():
         efficiency.main(["--arch", "tiny", "--questions", "x.jsonl"])
     with pytest.raises(ValueError, match="--with-vision"):
         efficiency.main(["--arch", "tiny", "--methods", "cdpruner"])
+
+
+def test_sync_check_runs_the_vision_stage_method_inside_the_splice(loaded_tiny, monkeypatch):
+    """The CUDA sync check's vision-stage path, run on the CPU with CUDA's sync calls stubbed: the method is
+    called (once, under the counting scope) through the splice with the prompt's instruction."""
+    from entropyprune.config import PruneConfig
+    from llava.bench import sync_check
+    from llava.bench.workload import attach_random_clip_text, random_prompts
+
+    modes = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    model = loaded_tiny[1]
+    saved = getattr(model.get_model(), "clip_text", None), getattr(model.get_model(), "clip_text_name", None)
+    try:
+        attach_random_clip_text(model, "tiny", seed=0)
+        prompt = random_prompts(model, 20, 1, model.device, model.dtype, seed=0)[0]
+        assert sync_check.count_vision_syncs(model, prompt, PruneConfig(method="cdpruner", keep=8)) == 0
+        assert modes == ["warn", "default"]  # one counted call: the method's
+    finally:
+        model.get_model().clip_text, model.get_model().clip_text_name = saved
+        model.set_prune(None)

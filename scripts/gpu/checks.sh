@@ -31,6 +31,10 @@ ENTROPYPRUNE_TEST_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_generation.py te
 #    when it is installed.
 "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
     --new-tokens 32 --methods entropy,fastv,dart,random --json "$OUT/efficiency.json" | tee "$OUT/efficiency.txt"
+# 4b. The vision-stage methods, with the CLIP tower in the timed prefill (and EntropyPrune beside them).
+"$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --with-vision --device cuda --dtype float16 --repeats 10 \
+    --new-tokens 32 --methods entropy,cdpruner,divprune,prumerge,prumerge_plus,visionzip,vispruner \
+    --json "$OUT/efficiency_vision.json" | tee "$OUT/efficiency_vision.txt"
 if "$PYTHON" -c "import flash_attn" 2>/dev/null; then
     "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
         --new-tokens 32 --methods entropy,fastv --attn-implementation flash_attention_2 \
