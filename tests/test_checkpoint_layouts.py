@@ -215,7 +215,9 @@ def test_llava_format_tower_keys_follow_unfreeze_mm_vision_tower(tmp_path, tiny_
     (`unfreeze_mm_vision_tower`); otherwise the tower comes from `mm_vision_tower`."""
     from llava.tools.make_tiny_checkpoint import TOWER_DIR
 
-    tower = load_file(os.path.join(tiny_llava, TOWER_DIR, "model.safetensors"))
+    # the tower folder is a full CLIPModel; a LLaVA checkpoint holds only its vision half (CLIPVisionModel's keys)
+    tower = {k: t for k, t in load_file(os.path.join(tiny_llava, TOWER_DIR, "model.safetensors")).items()
+             if k.startswith("vision_model.")}
     tuned = {"model.vision_tower.vision_tower." + k: t * 2 for k, t in tower.items()}
     path = _llava_copy(tmp_path, tiny_llava, lambda state: state.update(tuned))
     key = "post_layernorm.weight"
