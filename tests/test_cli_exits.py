@@ -32,3 +32,41 @@ def test_bad_input_exits_2_with_one_message(args, message):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") or "error:" in last
     assert message in proc.stderr
+
+
+BAD_DECODING = [
+    (["--temperature", "nan"], "--temperature: expected a finite number >= 0, got 'nan'"),
+    (["--temperature", "-1"], "--temperature: expected a finite number >= 0, got '-1'"),
+    (["--top_p", "5"], "--top_p/--top-p: expected a finite number in (0, 1], got '5'"),
+    (["--top-p", "0"], "got '0'"),
+    (["--top_p", "inf"], "got 'inf'"),
+    (["--num_beams", "4"], "beam search is not supported (got 4)"),
+    (["--max_new_tokens", "0"], "expected an integer >= 1, got 0"),
+]
+
+
+def _parsers():
+    from llava.eval import run_llava
+    from llava.eval.driver import build_parser
+
+    required = {"model_vqa_loader": ["--model-path", "m", "--question-file", "q.jsonl"],
+                "run_llava": ["--model-path", "m", "--image-file", "x.png", "--query", "q"]}
+    yield build_parser("every benchmark driver", max_new_tokens=128), required["model_vqa_loader"]
+    yield run_llava.build_parser(), required["run_llava"]
+
+
+@pytest.mark.parametrize("flags,message", BAD_DECODING, ids=[" ".join(f) for f, _ in BAD_DECODING])
+def test_decoding_flags_are_checked_when_parsed(flags, message, capsys):
+    # A value generate() cannot use (or that makes the run impossible to resume: nan) stops at parse time.
+    for parser, required in _parsers():
+        with pytest.raises(SystemExit) as exit_:
+            parser.parse_args(required + flags)
+        assert exit_.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_decoding_flags_in_range_are_accepted():
+    for parser, required in _parsers():
+        args = parser.parse_args(required + ["--temperature", "0", "--top_p", "1", "--num_beams", "1"])
+        assert (args.temperature, args.top_p, args.num_beams) == (0.0, 1.0, 1)
+        assert parser.parse_args(required).temperature == 0.2  # LLaVA's default

@@ -44,6 +44,7 @@ from llava.eval.answer_file import (
     settings_of,
     utc_now,
 )
+from llava.eval.flag_types import int_at_least
 from llava.eval.questions import Benchmark, Item, answer_stub, default_record, items_of
 from llava.eval.shards import (
     Shard,
@@ -59,21 +60,9 @@ from llava.utils import run_cli
 # ------------------------------------------------------------------------------------------------ flags
 
 
-def _int_at_least(low: int):
-    def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-        if number < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {number}")
-        return number
-
-    return parse
-
-
 def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentParser:
     """LLaVA's driver flags (defaults as in LLaVA) plus ours; the drivers add their own on top."""
+    from llava.eval.flag_types import add_decoding_args
     from llava.eval.prune_args import add_prune_args
 
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,24 +73,20 @@ def build_parser(description: str, max_new_tokens: int) -> argparse.ArgumentPars
     ap.add_argument("--question-file", type=str, required=True)
     ap.add_argument("--answers-file", type=str, default="answer.jsonl")
     ap.add_argument("--conv-mode", type=str, default="llava_v1")
-    ap.add_argument("--num-chunks", "--num_chunks", dest="num_chunks", type=_int_at_least(1), default=None,
+    ap.add_argument("--num-chunks", "--num_chunks", dest="num_chunks", type=int_at_least(1), default=None,
                     help="split the questions into this many chunks (default 1, or WORLD_SIZE under torchrun)")
-    ap.add_argument("--chunk-idx", "--chunk_idx", dest="chunk_idx", type=_int_at_least(0), default=None,
+    ap.add_argument("--chunk-idx", "--chunk_idx", dest="chunk_idx", type=int_at_least(0), default=None,
                     help="which chunk this process answers (0-based)")
-    ap.add_argument("--temperature", type=float, default=0.2)
-    ap.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    ap.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    ap.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=_int_at_least(1),
-                    default=max_new_tokens)
+    add_decoding_args(ap, max_new_tokens)
     ap.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
     ap.add_argument("--dtype", default=None, help="float16, bfloat16 or float32 (default: fp16 on GPU, fp32 on CPU)")
     ap.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
     ap.add_argument("--vision-tower", default=None, help="override mm_vision_tower (a local CLIP folder)")
     ap.add_argument("--overwrite", action="store_true",
                     help="start the answers file afresh instead of resuming it")
-    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_int_at_least(1), default=1,
+    ap.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int_at_least(1), default=1,
                     help="questions per model call (default 1, as LLaVA); answers are the same at any batch size")
-    ap.add_argument("--bucket-window", dest="bucket_window", type=_int_at_least(1), default=None,
+    ap.add_argument("--bucket-window", dest="bucket_window", type=int_at_least(1), default=None,
                     help="sort each window of W questions by prompt length before batching them (answers are "
                          "still written in question order); default: batches in question order")
     add_prune_args(ap)

@@ -13,6 +13,7 @@ import torch
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import build_prompt, get_conv_template
 from llava.decoding import decode_answer
+from llava.eval.flag_types import add_decoding_args
 from llava.eval.prune_args import add_prune_args, prune_config_from_args
 from llava.mm_utils import get_model_name_from_path, load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
@@ -58,10 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--query", required=True)
     ap.add_argument("--conv-mode", default=None)
     ap.add_argument("--sep", default=",")
-    ap.add_argument("--temperature", type=float, default=0.2)
-    ap.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=None)
-    ap.add_argument("--num_beams", "--num-beams", dest="num_beams", type=int, default=1)
-    ap.add_argument("--max_new_tokens", "--max-new-tokens", dest="max_new_tokens", type=int, default=512)
+    add_decoding_args(ap, max_new_tokens=512)
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--dtype", default=None, help="float16, bfloat16 or float32")
     ap.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"])
