@@ -518,6 +518,19 @@ def test_malformed_science_json_and_tsv(tiny_llava, tmp_path):
                                 str(tmp_path / "a.jsonl")])
 
 
+def test_an_empty_question_file_is_an_error_not_a_zero_score(tiny_llava, tmp_path):
+    # Every format the drivers read: nothing to answer must not become a "complete" run scored 0.
+    empty = {"q.jsonl": "", "q.json": "[]", "m.tsv": "index\tquestion\thint\tA\tB\tanswer\tcategory\timage\n"}
+    drivers = {"q.jsonl": model_vqa_loader, "q.json": model_vqa_science, "m.tsv": model_vqa_mmbench}
+    for name, text in empty.items():
+        (tmp_path / name).write_text(text)
+        answers = tmp_path / f"{name}.answers.jsonl"
+        with pytest.raises(EvalInputError, match=rf"{name} holds no questions"):
+            drivers[name].main(["--model-path", tiny_llava, "--question-file", str(tmp_path / name),
+                                "--answers-file", str(answers)])
+        assert not answers.exists() and not os.path.exists(f"{answers}.meta.json")
+
+
 # ------------------------------------------------------------------------------------------------ demo data
 
 

@@ -263,6 +263,8 @@ def run(bench: Benchmark, args: argparse.Namespace, loaded=None, env: Mapping[st
     with answers_lock(out):
         try:
             rows = bench.load_rows(args)
+            if not rows:  # a run over nothing would record a "complete" benchmark and score it 0
+                raise EvalInputError(f"--question-file {args.question_file} holds no questions")
             mine = items_of(bench, get_chunk(rows, shard.num, shard.idx), args)
             settings = settings_of(bench, args, prune)
             if args.overwrite:
