@@ -531,6 +531,57 @@ def test_an_empty_question_file_is_an_error_not_a_zero_score(tiny_llava, tmp_pat
         assert not answers.exists() and not os.path.exists(f"{answers}.meta.json")
 
 
+def test_a_record_checks_the_answers_not_only_the_sidecar(tiny_llava, tiny, demo, tmp_path):
+    from llava.eval import record
+
+    answers = tmp_path / "mme.jsonl"
+    model_vqa_loader.main(loader_args(tiny_llava, demo, answers), loaded=tiny)
+    good = answers.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert record.build_record("mme", "run", str(answers), None, 1.0)["answers"] == 28
+
+    def broken(lines, match):
+        answers.write_text("".join(lines), encoding="utf-8")  # the sidecar still says complete
+        with pytest.raises(EvalInputError, match=match):
+            record.build_record("mme", "run", str(answers), None, 1.0)
+
+    # A second writer appended: every question twice (the first duplicate is line 29, of line 1).
+    broken(good + good, r"mme\.jsonl:29: a second answer to question .* \(the first is on line 1\)")
+    broken(good[:-1], r"holds 27 answers but its sidecar says 28 questions")
+    other = json.loads(good[3])
+    other["model_id"] = "another-model"
+    broken(good[:3] + [json.dumps(other) + "\n"] + good[4:], r"answers by model_id another-model, but its sidecar")
+
+
+def test_a_prompt_longer_than_the_context_is_cut_as_llava_does_and_says_so(tiny_llava, tiny, demo, tmp_path,
+                                                                            monkeypatch, capsys):
+    from llava.eval import record
+    from llava.mm_utils import tokenizer_image_token
+
+    tok, model = tiny[0], tiny[1]
+    questions = read_lines(os.path.join(demo, "MME", "llava_mme.jsonl"))
+    ids = [tokenizer_image_token(driver.build_prompt(driver.Item(q["question_id"], q["text"], q["text"], lambda: None),
+                                                     "vicuna_v1",
+                                                     model.config), tok) for q in questions]
+    lengths = [len(x) - 1 + 576 for x in ids]  # one <image> marker becomes 576 patches
+    limit = sorted(lengths)[len(lengths) // 2]  # about half the prompts are longer
+    monkeypatch.setattr(model.config, "tokenizer_model_max_length", limit)
+    answers = tmp_path / "mme.jsonl"
+    model_vqa_loader.main(loader_args(tiny_llava, demo, answers), loaded=tiny)
+    lines = read_lines(answers)
+    cut = [n for n in lengths if n > limit]
+    assert 0 < len(cut) < len(lengths)
+    for line, n in zip(lines, lengths, strict=True):
+        expected = {"truncated": {"prompt_tokens": n, "kept_tokens": limit}} if n > limit else {}
+        assert line["metadata"] == expected
+    assert f"warning: {len(cut)} prompt(s) were longer than the model's context ({limit} tokens" in capsys.readouterr().err
+    assert record.build_record("mme", "run", str(answers), None, 1.0)["truncated_prompts"] == len(cut)
+    # Keeping 16 patches at the vision stage makes every prompt fit: nothing is cut, nothing is flagged.
+    answers = tmp_path / "kept16.jsonl"
+    model_vqa_loader.main(loader_args(tiny_llava, demo, answers, "MME", "--prune-method", "random",
+                                      "--prune-layer", "0", "--prune-keep", "16"), loaded=tiny)
+    assert all(line["metadata"] == {} for line in read_lines(answers))
+
+
 # ------------------------------------------------------------------------------------------------ demo data
 
 

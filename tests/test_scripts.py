@@ -43,7 +43,7 @@ def run_script(name, tiny_llava, eval_root, results, cwd=REPO, **env):
         **env,
     }
     for var in ("METHOD", "LAYER", "KEEP", "AVG_TOKENS", "RATIO", "STATES", "VARIANT", "SEED", "RUN_NAME",
-                "BENCHMARKS", "BATCH_SIZE", "BUCKET_WINDOW", "PRUNE_OPTIONS"):
+                "BENCHMARKS", "BATCH_SIZE", "BUCKET_WINDOW", "PRUNE_OPTIONS", "MMVET_GRADE", "MMVET_API_KEY"):
         if var not in env:
             full_env.pop(var, None)
     return subprocess.run(["bash", os.path.join(SCRIPTS, name)], cwd=cwd, env=full_env, capture_output=True,
@@ -274,3 +274,22 @@ def test_a_vision_stage_method_through_the_scripts(tiny_llava, demo, tmp_path):
     meta = load(os.path.join(demo, "MME", "answers", f"{run}.jsonl.meta.json"))
     assert (meta["layer"], meta["kept_tokens"], meta["method"]) == (0, 16, "cdpruner")
     assert load(results / "mme" / f"{run}.json")["method"] == "cdpruner"
+
+
+def test_problems_seen_before_inference_stop_the_script_before_it(tiny_llava, demo, tmp_path):
+    # Each stops in well under the time it takes to load a model, with one message naming the variable.
+    results = tmp_path / "results"
+    cases = [
+        ("mme.sh", {"RUN_NAME": "../escape"}, "RUN_NAME='../escape' is not a plain file name"),
+        ("mme.sh", {"RUN_NAME": "a b"}, "is not a plain file name"),
+        ("mmvet.sh", {"MMVET_GRADE": "1", "MMVET_API_KEY": ""}, "MMVET_GRADE=1 needs MMVET_API_KEY"),
+    ]
+    for script, env, message in cases:
+        proc = run_script(script, tiny_llava, demo, results, **env)
+        assert proc.returncode != 0 and message in proc.stderr, (script, env, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+    blocked = tmp_path / "file"
+    blocked.write_text("")  # a results folder under a file cannot be made
+    proc = run_script("mme.sh", tiny_llava, demo, blocked / "results")
+    assert proc.returncode != 0 and f"RESULTS_DIR={blocked / 'results'} cannot be written" in proc.stderr
+    assert not os.path.exists(os.path.join(demo, "mm-vet", "answers", "llava-v1.5-tiny.jsonl"))

@@ -342,9 +342,13 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     }
     write_json(meta_path(shard.answers_file), meta)
 
+    text_tokens: dict[int, tuple[int, int]] = {}  # id(item) -> (its prompt's text tokens, image markers)
+
     def prepare(item: Item) -> Prepared:
         prompt = build_prompt(item, args.conv_mode, model.config)
         input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
+        markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
+        text_tokens[id(item)] = (input_ids.numel() - markers, markers)
         if item.load_image is None:
             return Prepared(input_ids)
         images = item.load_image() if item.num_images > 1 else [item.load_image()]
@@ -356,6 +360,11 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     make = bench.make_record or default_record
     ahead = max(2, args.batch_size, args.bucket_window or 0)  # the next batch (window) is ready when needed
     adaptive = prune is not None and prune.adaptive
+    # LLaVA cuts a spliced prompt at tokenizer_model_max_length (2048 for LLaVA-1.5); the cut is kept, as
+    # in LLaVA, but never silent: the answer's metadata and the run record say which prompts were cut.
+    limit = getattr(model.config, "tokenizer_model_max_length", None)
+    spliced = _spliced_per_image(prune, model)
+    truncated = 0
     stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
                            with_counts=adaptive,
                            do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
@@ -366,10 +375,29 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             answer = make(item, text, shortuuid.uuid(), model_name)
             if adaptive:  # the method chose each image's count: the answer says what it kept
                 answer.setdefault("metadata", {})["kept_tokens"] = counts[0]
+            words, markers = text_tokens.pop(id(item))
+            length = words + (sum(counts[0]) if adaptive else markers * spliced)
+            if limit is not None and length > limit:
+                answer.setdefault("metadata", {})["truncated"] = {"prompt_tokens": length, "kept_tokens": limit}
+                truncated += 1
             writer.write(answer)
             bar.update(1)
     bar.close()
+    if truncated:
+        print(f"warning: {truncated} prompt(s) were longer than the model's context ({limit} tokens with their "
+              "images) and were cut there, as LLaVA cuts them; their answers' metadata says so "
+              '("truncated").', file=sys.stderr)
     return meta
+
+
+def _spliced_per_image(prune, model) -> int:
+    """The tokens one image adds to the spliced prompt: all its patches, or what a vision-stage method keeps
+    (an adaptive method's counts come with each answer instead)."""
+    tower = model.get_vision_tower()
+    visual = tower.num_patches if tower is not None else 0
+    if prune is None or prune.adaptive or prune.stage != "vision":
+        return visual
+    return prune.schedule(model.config.num_hidden_layers, visual)[0].out
 
 
 # ------------------------------------------------------------------------------------------------ CLI

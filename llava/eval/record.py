@@ -13,7 +13,8 @@ drivers), the scores from the scorer's JSON summary (never from its printed line
   avg_tokens (its average-token equivalent over all L layers), ratio, states, variant, budget (as asked:
   {"keep"|"avg_tokens"|"ratio": value}), prune (the whole PruneConfig or null), num_layers, visual_tokens
   scores (flat: name -> number), score_name / score (the headline number), score_note
-  answers, questions, answers_file, scores_file, submission
+  answers, questions, truncated_prompts (prompts cut at the context length), answers_file, scores_file,
+  submission
   generation (conv_mode, temperature, top_p, num_beams, max_new_tokens), device, dtype
   wall_time_s, version, git_commit, git_dirty, created
 
@@ -150,6 +151,39 @@ def extract_scores(benchmark: str, summary: dict | None) -> dict:
     raise EvalInputError(f"unknown --benchmark {benchmark!r}; choose one of {', '.join(BENCHMARKS)}")
 
 
+def check_answers(answers: str, rows: list[tuple[int, dict]], meta: dict) -> None:
+    """The answers themselves, not only the sidecar's word: each question answered once, as many answers as
+    the sidecar says questions, all by the sidecar's model. A file two runs appended to fails here even if
+    its sidecar says complete."""
+    import importlib
+
+    driver = (meta.get("settings") or {}).get("benchmark")
+    try:
+        key_of = importlib.import_module(f"llava.eval.{driver}").BENCHMARK.answer_key
+    except (ImportError, AttributeError, TypeError):
+        raise EvalInputError(f"{answers}.meta.json names no known driver (settings.benchmark = {driver!r}); "
+                             "rerun the benchmark script.") from None
+    first: dict = {}
+    for lineno, row in rows:
+        try:
+            key = key_of(row)
+        except KeyError as err:
+            raise EvalInputError(f"{answers}:{lineno}: an answer line without {err}; rerun the benchmark.") from None
+        if key in first:
+            raise EvalInputError(
+                f"{answers}:{lineno}: a second answer to question {key[0]} (the first is on line {first[key]}); "
+                "the drivers write each answer once, so two runs wrote this file. Rerun into a fresh answers file.")
+        first[key] = lineno
+    if len(rows) != meta.get("questions"):
+        raise EvalInputError(f"{answers} holds {len(rows)} answers but its sidecar says {meta.get('questions')} "
+                             "questions; rerun the benchmark to finish or repair it.")
+    model = meta.get("model_name")
+    others = sorted({str(row.get("model_id")) for _, row in rows} - {model})
+    if others:
+        raise EvalInputError(f"{answers}: answers by model_id {', '.join(others)}, but its sidecar says {model!r}; "
+                             "the file mixes runs. Rerun into a fresh answers file.")
+
+
 def build_record(benchmark: str, run_name: str, answers: str, scores_json: str | None, wall_time: float | None,
                  submission: str | None = None) -> dict:
     if benchmark not in BENCHMARKS:
@@ -162,6 +196,7 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
     if not meta.get("complete", False):
         raise EvalInputError(f"{meta_file} says the answers are incomplete ({meta.get('answers')} of "
                              f"{meta.get('questions')}); finish the run before recording it.")
+    check_answers(answers, answer_rows, meta)
     summary = load_json(scores_json, "scorer summary") if scores_json else None
     scores = extract_scores(benchmark, summary)
     settings = meta.get("settings", {})
@@ -174,7 +209,7 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
     kept, avg = meta.get("kept_tokens"), meta.get("avg_tokens_equivalent")
     chosen = None
     if meta.get("adaptive"):  # each image's count was the method's choice: its answers say what it kept
-        counts = [n for row in answer_rows for n in ((row.get("metadata") or {}).get("kept_tokens") or ())]
+        counts = [n for _, row in answer_rows for n in ((row.get("metadata") or {}).get("kept_tokens") or ())]
         if counts:
             kept = avg = sum(counts) / len(counts)  # at the vision stage every layer sees what was kept
             chosen = {"mean": kept, "min": min(counts), "max": max(counts), "images": len(counts)}
@@ -200,6 +235,8 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         "score": scores.get(headline),
         "score_note": None if headline in scores else note,
         "answers": n_answers,
+        # prompts cut at the model's context, as LLaVA cuts them (each such answer's metadata says so)
+        "truncated_prompts": sum(1 for _, row in answer_rows if (row.get("metadata") or {}).get("truncated")),
         "questions": meta.get("questions"),
         "answers_file": os.path.abspath(answers),
         "scores_file": os.path.abspath(scores_json) if scores_json else None,

@@ -88,12 +88,22 @@ if [[ -n "${METHOD:-}" ]]; then
         [[ "$option" == *=* ]] || die "PRUNE_OPTIONS: '$option' is not NAME=VALUE (e.g. PRUNE_OPTIONS=\"layer_list=2,8,16\")"
         PRUNE_ARGS+=(--prune-option "$option")
         tag=${option/=/}
-        PRUNE_TAG+="-${tag//,/.}"
+        tag=${tag//,/.}
+        PRUNE_TAG+="-${tag//\//_}"  # a path value (clip_text_tower=/models/clip) must not make folders
     done
 elif (( ${#budgets[@]} > 0 )) || [[ -n "${LAYER:-}" ]] || [[ -n "${PRUNE_OPTIONS:-}" ]]; then
     die "KEEP / AVG_TOKENS / RATIO / LAYER / PRUNE_OPTIONS are set but METHOD is not; set METHOD=entropy (or another method), or unset them for vanilla LLaVA"
 fi
 RUN_NAME=${RUN_NAME:-$CKPT$PRUNE_TAG}
+# It names files under answers/ and results/: checked here, before anything runs.
+[[ "$RUN_NAME" =~ ^[A-Za-z0-9_+=.,-]+$ && "$RUN_NAME" != .* ]] \
+    || die "RUN_NAME='$RUN_NAME' is not a plain file name (letters, digits and _ + = . , - only, not starting with '.')"
+# The record is written last: a results folder that cannot be written must stop the run before the model loads.
+# (Checked on the nearest folder that exists, so that nothing is created before the data checks pass.)
+_writable=$RESULTS_DIR
+while [[ ! -e "$_writable" ]]; do _writable=$(dirname "$_writable"); done
+[[ -d "$_writable" && -w "$_writable" ]] \
+    || die "RESULTS_DIR=$RESULTS_DIR cannot be written (run records go there); choose another RESULTS_DIR"
 
 now() {
     "$PYTHON" -c 'import time; print(time.time())'

@@ -9,6 +9,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 DATA=$EVAL_ROOT/mm-vet
 require_data MM-Vet "$DATA/llava-mm-vet.jsonl" "$DATA/images"
 ANSWERS=$DATA/answers/$RUN_NAME.jsonl
+if [[ "${MMVET_GRADE:-0}" == 1 ]]; then  # found out now, not after every answer is generated
+    [[ -n "${MMVET_API_KEY:-}" ]] || die "MMVET_GRADE=1 needs MMVET_API_KEY (and optionally MMVET_API_BASE, MMVET_MODEL); unset MMVET_GRADE to write the submission only"
+    require_data MM-Vet "$DATA/mm-vet.json"
+fi
 SUBMISSION=$DATA/results/$RUN_NAME.json
 
 run_driver model_vqa "$ANSWERS" \
