@@ -70,6 +70,9 @@ class VisionInputs:
         self._image_projection = image_projection
         self.memo = memo if memo is not None else {}
         self._group = group
+        # The select layer as the caller gave it (LLaVA's ``mm_vision_select_layer``, e.g. -2), before it is
+        # made non-negative below: :meth:`select_attention_layer` needs the sign.
+        self.select_layer_given = select_layer
         if hidden_states is not None:
             n = len(hidden_states) - 1
             if select_layer is None:
@@ -178,6 +181,18 @@ class VisionInputs:
             return logits.softmax(-1)[:, :, 0, 1:]
 
         return self.cached(("cls_attention", layer), compute)
+
+    def select_attention_layer(self) -> int:
+        """The encoder layer at ``attentions[mm_vision_select_layer]`` in transformers' L-entry ``attentions``
+        tuple, indexed with the same number as the (L+1)-entry ``hidden_states`` (as VisPruner's official
+        tower does): for LLaVA's -2 that is layer L-2, the layer whose output is the features; for a
+        non-negative k it is layer k, whose input is the features."""
+        given = -2 if self.select_layer_given is None else self.select_layer_given
+        layers = self.num_layers
+        if not -layers <= given < layers:
+            raise ValueError(f"select layer {given} has no attention entry in a {layers}-layer tower "
+                             f"(transformers' attentions tuple has indices {-layers}..{layers - 1})")
+        return given % layers
 
     def patch_keys(self, layer: int) -> Tensor:
         """``[I, h, V, d]`` the patch tokens' keys in encoder layer ``layer`` (CLS removed)."""
