@@ -18,6 +18,7 @@ from tests.conftest import make_image, vicuna_prompt
 VISION_CONFIGS = {
     "random@0": dict(method="random", layer=0, keep=100),
     "cdpruner": dict(method="cdpruner", keep=40),
+    "visionzip": dict(method="visionzip", keep=40),
 }
 VISION_METHODS = sorted(name for name, spec in METHODS.items() if "vision" in spec.stages)
 
