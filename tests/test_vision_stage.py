@@ -20,6 +20,7 @@ VISION_CONFIGS = {
     "cdpruner": dict(method="cdpruner", keep=40),
     "divprune": dict(method="divprune", keep=40),
     "vispruner": dict(method="vispruner", keep=40),
+    "visionzip": dict(method="visionzip", keep=40),
 }
 VISION_METHODS = sorted(name for name, spec in METHODS.items() if "vision" in spec.stages)
 
