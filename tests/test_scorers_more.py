@@ -320,7 +320,7 @@ def test_pope_metrics_per_split_and_mean_f1(tmp_path, capsys):
     res = answers(tmp_path / "a.jsonl", {
         1: "Yes", 2: "No", 3: "No.", 4: "Yes, there is.",  # TP TN FN FP
         10000001: "yes", 10000002: "There is a thing.",  # TP FP: precision 50, recall 100
-        20000001: "no", 20000002: "no",  # FN TN; 20000003 unanswered: left out
+        20000001: "no", 20000002: "no",  # FN TN; 20000003 (label no) unanswered: taken as "yes", an FP
     })
     s = eval_pope.main(["--annotation-dir", coco, "--question-file", qfile, "--result-file", res])
     adv, rnd, pop = (s["splits"][k] for k in ("adversarial", "random", "popular"))
@@ -328,8 +328,14 @@ def test_pope_metrics_per_split_and_mean_f1(tmp_path, capsys):
     assert (adv["accuracy"], adv["precision"], adv["recall"], adv["f1"], adv["yes_ratio"]) == (50, 50, 50, 50, 50)
     assert (rnd["precision"], rnd["recall"], rnd["yes_ratio"]) == (50, 100, 100)
     assert rnd["f1"] == pytest.approx(200 / 3)
+    # The missing answer counts as the opposite of its label (it used to be left out): TP 0, FP 1, TN 1, FN 1.
+    assert (pop["tp"], pop["fp"], pop["tn"], pop["fn"]) == (0, 1, 1, 1)
+    assert (pop["samples"], pop["missing"], pop["precision"], pop["f1"]) == (3, 1, 0, 0)
+    assert pop["accuracy"] == pytest.approx(100 / 3) and pop["yes_ratio"] == pytest.approx(100 / 3)
+    assert (s["questions"], s["missing"]) == (9, 1)
     # No "yes" at all: precision is 0/0, taken as 0 (LLaVA divides by zero), so F1 is 0.
-    assert (pop["samples"], pop["unanswered"], pop["precision"], pop["f1"], pop["accuracy"]) == (2, 1, 0, 0, 50)
+    none_yes = eval_pope.split_metrics(["no", "no"], ["yes", "no"])
+    assert (none_yes["precision"], none_yes["f1"], none_yes["accuracy"]) == (0, 0, 50)
     assert s["overall"] == pytest.approx((50 + 200 / 3 + 0) / 3)
     assert "F1 (mean): 38.89" in capsys.readouterr().out
 

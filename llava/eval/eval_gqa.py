@@ -16,10 +16,12 @@ per number of reasoning steps (the `semantic` program's operations, not counting
 (lower is better). Validity and plausibility need the choices file, which testdev does not ship; they
 are left out (eval.py prints 0 for them), as are consistency and grounding, which LLaVA does not run.
 
-GQA's eval.py refuses to score when a question has no prediction; here it counts as wrong, with a
-warning and the count in `missing`. An answer whose question_id is not in the question file, or a
-question file entry without an annotation, is an error. --predictions-file also writes the converted
-predictions in the format eval.py reads (`[{"questionId", "prediction"}]`).
+Answers follow `llava.eval.answer_index`: two answers to one question_id, an answer whose question_id is
+not in the question file and an empty answers file are errors (so is a question file entry without an
+annotation). GQA's eval.py refuses to score when a question has no prediction; here it counts as wrong,
+with a warning and the count in `missing`. Answers to questions of the question file that are not
+balanced are not scored (`ignored`). --predictions-file also writes the converted predictions of the
+scored questions in the format eval.py reads (`[{"questionId", "prediction"}]`).
 Prints `Questions: N`, `Accuracy: xx.xx`, `Binary: xx.xx`, `Open: xx.xx`.
 """
 
@@ -30,6 +32,7 @@ import os
 from collections import defaultdict
 
 from llava.eval import EvalInputError, default_summary_path, load_json, read_jsonl, run_cli, warn, write_json
+from llava.eval.answer_index import index_answers
 
 _NOT_A_STEP = ("exist", "query: name", "choose name")
 _FIX = "Put GQA's testdev_balanced_questions.json (questions1.2) in gqa/data; see docs/Evaluation.md."
@@ -96,21 +99,15 @@ def eval_gqa(question_file: str, annotation_file: str, result_file: str, output_
         _check_question(qid, annotations[qid], annotation_file)
         asked[qid] = None
 
-    predictions: dict[str, str] = {}
-    for lineno, ans in read_jsonl(result_file, "GQA answers file", required=("question_id", "text")):
-        qid = str(ans["question_id"])
-        if qid not in asked:
-            raise EvalInputError(f"{result_file}:{lineno}: question_id {qid} is not in {question_file}; "
-                                 "score answers against the question file they were generated from.")
-        predictions[qid] = convert(str(ans["text"]))
-    if not predictions:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_loader first.")
-
     scored = [qid for qid in asked if annotations[qid]["isBalanced"]]
-    missing = [qid for qid in scored if qid not in predictions]
-    if missing:
-        warn(f"{len(missing)} of {len(scored)} balanced questions have no answer in {result_file}; they count "
-             "as wrong (GQA's eval.py would refuse to score).")
+    index = index_answers(
+        result_file, read_jsonl(result_file, "GQA answers file", required=("question_id", "text")),
+        benchmark="GQA", key=lambda ans: str(ans["question_id"]), known=asked, scored=set(scored),
+        scored_name="balanced questions", driver="llava.eval.model_vqa_loader",
+        unknown=lambda qid, _: f"question_id {qid} is not in {question_file}",
+    )
+    predictions = {qid: convert(str(ans["text"])) for qid, ans in index.items()}
+    missing = index.missing(scored)
     not_asked = sum(1 for q in annotations.values() if isinstance(q, dict) and q.get("isBalanced")) - len(scored)
     if not_asked > 0:
         warn(f"{not_asked} balanced questions of {annotation_file} are not in {question_file} and are not scored.")
@@ -144,6 +141,7 @@ def eval_gqa(question_file: str, annotation_file: str, result_file: str, output_
         "questions": len(scored),
         "correct": int(sum(results)),
         "missing": len(missing),
+        "ignored": index.ignored,
         "overall": 100.0 * sum(results) / len(scored) if scored else None,
         "binary": mean(by_type["binary"]),
         "open": mean(by_type["open"]),

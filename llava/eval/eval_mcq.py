@@ -7,8 +7,10 @@
 Per question (every TSV row with an image; the answers come from `llava.eval.model_vqa_tsv`): the
 answer's letter is `llava.eval.matching.can_infer(text, options)`, right when it equals the `answer`
 cell. This is VLMEvalKit's `mcq_vanilla_eval` with the `exact_matching` judge. Where VLMEvalKit would
-ask an LLM judge (the rules find no letter) the answer counts as wrong and is counted in `unmatched`;
-a question without an answer counts as wrong and is counted in `missing`.
+ask an LLM judge (the rules find no letter) the answer counts as wrong and is counted in `unmatched`.
+Answers follow `llava.eval.answer_index`, keyed by `index` (the answer's `question_id`): two answers to
+one index, an index that is not a row (with an image) of the TSV and an empty answers file are errors; a
+question without an answer counts as wrong, with a warning and the count in `missing`.
 
 Reported as VLMEvalKit's `report_acc` does, in percent: `overall` (the headline), and the accuracy per
 `split`, `category` and `l2-category` when the TSV has those columns. Prints `Questions: N`,
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval import EvalInputError, default_summary_path, write_json
+from llava.eval import default_summary_path, write_json
 from llava.eval.matching import can_infer
 from llava.eval.vlmeval_tsv import accuracy_by, answers_by_index, cell, choices, index_of, l2_category, read_questions
 
@@ -49,9 +51,7 @@ def eval_mcq(benchmark: str, display: str, annotation_file: str, result_file: st
              output_json: str | None = None) -> dict:
     header, rows = read_questions(annotation_file, f"{display} TSV",
                                   required=("index", "question", "image", "answer"))
-    answers = answers_by_index(result_file, f"{display} answers file", rows, annotation_file)
-    if not answers:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_tsv first.")
+    answers = answers_by_index(result_file, f"{display} answers file", rows, annotation_file, display)
     items = score_rows(rows, answers)
     correct = sum(it["correct"] for it in items)
     summary = {

@@ -26,6 +26,12 @@
     accuracy. Prints `CircularEval: xx.xx` and `SingleEval: xx.xx`; the JSON summary (default: next to the
     result file) adds per-category circular accuracy.
 
+Answers follow `llava.eval.answer_index`, keyed by (index, round_id): two answers to one key, an index
+that is not a row of the TSV (or a round past the row's options) and an empty answers file are errors. Only
+round 0 (the options in the TSV's order) is scored and submitted; --all-rounds answers to the rotated
+rounds are ignored and counted in `ignored`. A row without a round-0 answer counts as wrong (and fails its
+circular group), with a warning and the count in `missing`; its prediction cell is left empty.
+
 MMBench-CN works the same way; everything is read and written as UTF-8.
 """
 
@@ -42,9 +48,9 @@ from llava.eval import (
     default_summary_path,
     read_jsonl,
     run_cli,
-    warn,
     write_json,
 )
+from llava.eval.answer_index import AnswerIndex, index_answers
 
 DROP_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 PREDICTION_POSITION = 6
@@ -137,22 +143,30 @@ def extract_letter(text: str, options: dict[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def load_predictions(result_file: str) -> dict[int, str]:
-    """index -> answer text. With --all-rounds answers the round-0 (unrotated) record is used."""
-    best: dict[int, tuple[int, str]] = {}
-    for lineno, ans in read_jsonl(result_file, "MMBench answers file", required=("question_id", "text")):
+def load_predictions(result_file: str, rows: list[dict[str, str]], annotation_file: str) -> AnswerIndex:
+    """(index, round) -> answer record, by `llava.eval.answer_index`'s rule. A row's rounds are 0 up to its
+    number of options (--all-rounds); only round 0, the options in the TSV's order, is scored, and answers
+    to rotated rounds are ignored (counted)."""
+    known = {(int(r["index"]), round_id) for r in rows for round_id in range(max(1, len(row_options(r))))}
+
+    def key(ans: dict) -> tuple[int, int]:
         try:
             index = int(ans["question_id"])
         except (TypeError, ValueError):
-            raise EvalInputError(
-                f"{result_file}:{lineno}: question_id {ans['question_id']!r} is not an MMBench index."
-            ) from None
-        round_id = int(ans.get("round_id", 0) or 0)
-        # Rotated rounds refer to permuted options, so a round-0 answer always wins; otherwise last wins,
-        # as in LLaVA's conversion.
-        if index not in best or round_id <= best[index][0]:
-            best[index] = (round_id, ans["text"])
-    return {k: v[1] for k, v in best.items()}
+            raise ValueError(f"question_id {ans['question_id']!r} is not an MMBench index.") from None
+        try:
+            return index, int(ans.get("round_id", 0) or 0)
+        except (TypeError, ValueError):
+            raise ValueError(f"round_id {ans['round_id']!r} is not a round number.") from None
+
+    return index_answers(
+        result_file, read_jsonl(result_file, "MMBench answers file", required=("question_id", "text")),
+        benchmark="MMBench", key=key, known=known, scored={k for k in known if k[1] == 0},
+        scored_name="round-0 questions", describe=lambda k: f"index {k[0]} round {k[1]}",
+        driver="llava.eval.model_vqa_mmbench",
+        unknown=lambda k, _: (f"index {k[0]} round {k[1]} is not a question of {annotation_file}"
+                              + ("" if (k[0], 0) not in known else " (the row has fewer options)")),
+    )
 
 
 def _typed_column(values: list[str]) -> list:
@@ -259,20 +273,9 @@ def eval_mmbench(annotation_file: str, result_file: str, upload_dir: str, experi
     header, rows = read_tsv(annotation_file)
     if not rows:
         raise EvalInputError(f"{annotation_file} has no questions.")
-    predictions = load_predictions(result_file)
-    indices = {int(r["index"]) for r in rows}
-    unknown = set(predictions) - indices
-    if unknown and len(unknown) == len(predictions):
-        raise EvalInputError(
-            f"none of the answers in {result_file} match an index of {annotation_file}; "
-            "score answers against the TSV they were generated from."
-        )
-    if unknown:
-        warn(f"{len(unknown)} answers in {result_file} have no row in {annotation_file} and were ignored.")
-    missing = len(indices - set(predictions))
-    if missing:
-        warn(f"{missing} of {len(indices)} questions have no answer in {result_file}; "
-             "their prediction cell is empty and they count as wrong.")
+    index = load_predictions(result_file, rows, annotation_file)
+    predictions = {k[0]: ans["text"] for k, ans in index.items()}
+    missing = len(index.missing((int(r["index"]), 0) for r in rows))
 
     xlsx = os.path.join(upload_dir, f"{experiment}.xlsx")
     columns = write_submission(header, rows, predictions, xlsx)
@@ -284,6 +287,7 @@ def eval_mmbench(annotation_file: str, result_file: str, upload_dir: str, experi
         "submission_columns": columns,
         "questions": len(rows),
         "missing": missing,
+        "ignored": index.ignored,
     }
     if "answer" in header:
         summary.update(circular_score(rows, predictions))

@@ -17,7 +17,12 @@ Scoring (calculation.py): lower-case the answer; exactly "yes"/"no" is taken as 
 its first 4 characters -> yes, else "no" there -> no, else "other" (wrong). Per subtask, acc = correct
 questions / questions, acc+ = images with every question right / images, score = 100*acc + 100*acc+.
 Perception sums the 10 perception subtasks, Cognition the 4 cognition ones, Total = Perception +
-Cognition. A ground-truth question with no answer is reported and counts as wrong.
+Cognition.
+
+Answers follow `llava.eval.answer_index`: two answers to one ground-truth question, an answer matching no
+ground-truth question and an empty answers file are errors; a ground-truth question with no answer counts
+as wrong, so its image is not fully right either (acc+), with a warning and the count in `missing` (per
+subtask and in total).
 
 Prints one `<subtask>: x.xx` line per subtask, then `Perception: x.xx`, `Cognition: x.xx`, `Total: x.xx`.
 """
@@ -37,6 +42,7 @@ from llava.eval import (
     warn,
     write_json,
 )
+from llava.eval.answer_index import index_answers
 
 PERCEPTION = (
     "existence", "count", "position", "color", "posters",
@@ -141,34 +147,37 @@ def _candidate_questions(prompt: str) -> list[str]:
 
 
 def _match_answers(answers_file: str, images: dict[tuple[str, str], _Image]) -> list[tuple[str, str]]:
-    """Fill in predictions; return the image keys in order of first appearance in the answers file."""
-    order: dict[tuple[str, str], None] = {}
-    duplicates = 0
-    required = ("question_id", "prompt", "text")
-    for lineno, ans in read_jsonl(answers_file, "MME answers file", required=required):
+    """Fill in predictions; return the image keys in order of first appearance in the answers file.
+
+    An answer's key is (category, txt file, ground-truth question): its question_id names the image, its
+    prompt the question (`llava.eval.answer_index` then refuses a repeated or unknown one).
+    """
+    questions = {(cat, txt, q.question): q for (cat, txt), image in images.items() for q in image.questions}
+
+    def key(ans: dict) -> tuple[str, str, str]:
         qid = str(ans["question_id"])
         category = qid.split("/")[0]
         txt = os.path.splitext(os.path.basename(qid))[0] + ".txt"
-        image = images.get((category, txt))
-        question = None
-        if image is not None:
-            by_text = {q.question: q for q in image.questions}
-            for candidate in _candidate_questions(ans["prompt"]):
-                if candidate in by_text:
-                    question = by_text[candidate]
-                    break
-        if question is None:
-            raise EvalInputError(
-                f"{answers_file}:{lineno}: no MME ground truth for question_id={qid!r} "
-                f"(looked in category {category!r}, file {txt!r}) with prompt {ans['prompt']!r}. Check that "
-                "--mme-dir is MME_Benchmark_release_version and the answers come from llava_mme.jsonl."
-            )
-        if question.prediction is not None:
-            duplicates += 1
-        question.prediction = ans["text"]
-        order.setdefault((category, txt), None)
-    if duplicates:
-        warn(f"{duplicates} duplicate answers in {answers_file}; the last answer of each question is used.")
+        candidates = _candidate_questions(ans["prompt"])
+        found = [c for c in candidates if (category, txt, c) in questions]
+        return category, txt, (found or candidates)[0]
+
+    def unknown(k: tuple[str, str, str], ans: dict) -> str:
+        return (f"no MME ground truth for question_id={ans['question_id']!r} (looked in category {k[0]!r}, file "
+                f"{k[1]!r}) with prompt {ans['prompt']!r}; is --mme-dir MME_Benchmark_release_version, and are "
+                "the answers from llava_mme.jsonl?")
+
+    required = ("question_id", "prompt", "text")
+    index = index_answers(
+        answers_file, read_jsonl(answers_file, "MME answers file", required=required), benchmark="MME", key=key,
+        known=questions, unknown=unknown, driver="llava.eval.model_vqa_loader on llava_mme.jsonl",
+        describe=lambda k: f"the question {k[2]!r} of {k[0]}/{k[1]}",
+    )
+    order: dict[tuple[str, str], None] = {}
+    for k, ans in index.items():
+        questions[k].prediction = ans["text"]
+        order.setdefault(k[:2], None)
+    index.missing(questions)
     return list(order)
 
 
@@ -231,10 +240,7 @@ def eval_mme(
         s["acc_plus"] = 100.0 * s["images_correct"] / s["images"]
         s["score"] = s["acc"] + s["acc_plus"]
 
-    missing = sum(s["missing"] for s in stats.values())
-    if missing:
-        total_q = sum(s["questions"] for s in stats.values())
-        warn(f"{missing} of {total_q} MME questions have no answer in {answers_file}; they count as wrong.")
+    missing = sum(s["missing"] for s in stats.values())  # reported by _match_answers
     absent = [c for c in PERCEPTION + COGNITION if c not in stats]
     if absent:
         warn(f"subtasks missing from {mme_dir}: {', '.join(absent)}; they add 0 to the sums.")
@@ -253,7 +259,7 @@ def eval_mme(
         "perception": perception,
         "cognition": cognition,
         "total": perception + cognition,
-        "missing_answers": missing,
+        "missing": missing,
         "absent_subtasks": absent,
     }
     if write_eval_tool_dir:

@@ -6,7 +6,9 @@ A row with option columns is a multiple-choice question: its letter is `parse_mu
 options)` (`llava.eval.mmmu_parsing`), right when it equals the `answer` letter. A row without options
 is an open question: right when `open_correct(answer, parse_open(text))`; an `answer` cell holding a
 list literal ("['24/7', '3.429']") accepts any of its items. Where MMMU's parser would guess a letter at
-random the answer counts as wrong and is counted in `unmatched`; no answer counts as wrong (`missing`).
+random the answer counts as wrong and is counted in `unmatched`. Answers follow `llava.eval.answer_index`,
+keyed by `index`: a repeated or unknown index and an empty answers file are errors; a question without an
+answer counts as wrong, with a warning and the count in `missing`.
 
 Accuracy in percent, as MMMU's main_eval_only.py aggregates it (per subject, per discipline, overall;
 instance-weighted, i.e. plain accuracy). `overall`, the headline, is the accuracy on the validation
@@ -23,7 +25,7 @@ import argparse
 import ast
 import os
 
-from llava.eval import EvalInputError, default_summary_path, run_cli, write_json
+from llava.eval import default_summary_path, run_cli, write_json
 from llava.eval.mmmu_parsing import open_correct, parse_multi_choice, parse_open
 from llava.eval.vlmeval_tsv import accuracy_by, answers_by_index, cell, choices, index_of, read_questions
 
@@ -88,9 +90,7 @@ def _accuracy(items: list[dict]) -> float | None:
 
 def eval_mmmu(annotation_file: str, result_file: str, output_json: str | None = None) -> dict:
     _, rows = read_questions(annotation_file, "MMMU TSV", required=("index", "question", "image", "answer"))
-    answers = answers_by_index(result_file, "MMMU answers file", rows, annotation_file)
-    if not answers:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_tsv first.")
+    answers = answers_by_index(result_file, "MMMU answers file", rows, annotation_file, "MMMU")
     items = [score_row(row, answers.get(index_of(row))) for row in rows]
     headline = [it for it in items if it["split"] == HEADLINE_SPLIT] or items
     summary = {

@@ -9,6 +9,12 @@ The submission is `{"v1_<question_id>": text, ...}` (indent 2), what LLaVA's con
 writes and what the official MM-Vet notebook, mm-vet_evaluator.py and the HF Space take. Prints
 `Answers: N`.
 
+Answers follow `llava.eval.answer_index`, keyed by sample (`v1_<question_id>`): two answers to one sample
+and an empty answers file are errors. With --mmvet-json (needed for --grade, optional without it) an answer
+to a sample mm-vet.json does not have is an error too, and the samples without an answer are reported
+(`missing`; they score 0 when graded, as the official grader scores them); without it those two checks
+cannot be made.
+
 Grading (--grade) follows the official evaluator's protocol: one chat request per sample to any
 OpenAI-compatible endpoint (environment: MMVET_API_BASE, default https://api.openai.com/v1;
 MMVET_API_KEY; MMVET_MODEL, default gpt-4-0613) with a few-shot "Question | Ground truth | Prediction |
@@ -16,7 +22,7 @@ Correctness" table plus the sample's row with the last cell empty; temperature 0
 word of the reply must be a number in [0, 1]; otherwise the request is retried up to 5 times with a note
 asking for just the number, at temperatures 0, 0.5, 1.0, 1.5 and 2.0 (2.0 is the API's maximum), and
 the sample scores 0 if none parses. Total = 100 * mean score over all mm-vet.json samples (a sample
-without an answer scores 0, with a warning); each capability score = 100 * mean over the samples that
+without an answer scores 0); each capability score = 100 * mean over the samples that
 list it. Prints `Total: xx.xx` and one `<capability>: xx.xx` line per capability.
 
 Graded answers are cached in a JSON file keyed by grader (model + prompt digest), question id and
@@ -45,9 +51,9 @@ from llava.eval import (
     load_json,
     read_jsonl,
     run_cli,
-    warn,
     write_json,
 )
+from llava.eval.answer_index import index_answers
 
 DEFAULT_API_BASE = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4-0613"
@@ -89,16 +95,18 @@ def submission_key(question_id) -> str:
     return qid if qid.startswith("v1_") else f"v1_{qid}"
 
 
-def build_submission(result_file: str) -> dict[str, str]:
-    submission: dict[str, str] = {}
-    for lineno, ans in read_jsonl(result_file, "MM-Vet answers file", required=("question_id", "text")):
-        key = submission_key(ans["question_id"])
-        if key in submission:
-            warn(f"{result_file}:{lineno}: duplicate answer for {key}; the last one is used.")
-        submission[key] = ans["text"]
-    if not submission:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa first.")
-    return submission
+def build_submission(result_file: str, mmvet: dict | None = None) -> dict[str, str]:
+    """{"v1_<question_id>": text}, by `llava.eval.answer_index`'s rule; with mm-vet.json's samples an answer
+    to a sample it does not have is an error too, and the samples without an answer are reported."""
+    index = index_answers(
+        result_file, read_jsonl(result_file, "MM-Vet answers file", required=("question_id", "text")),
+        benchmark="MM-Vet", key=lambda ans: submission_key(ans["question_id"]), known=mmvet,
+        describe=lambda key: f"sample {key}", driver="llava.eval.model_vqa",
+        unknown=lambda key, _: f"question_id {key} is not a sample of mm-vet.json",
+    )
+    if mmvet is not None:
+        index.missing(mmvet)
+    return {key: ans["text"] for key, ans in index.items()}
 
 
 def parse_score(content: str | None) -> float | None:
@@ -222,8 +230,6 @@ def grade_submission(submission: dict[str, str], mmvet: dict, chat: ChatFn, mode
             queried += 1
         unparsed += not grade.get("parsed", True)
         per_sample[qid] = {"score": grade["score"], "missing": False}
-    if missing:
-        warn(f"{missing} of {len(mmvet)} MM-Vet samples have no answer; they score 0.")
 
     counts: Counter = Counter()
     sums: Counter = Counter()
@@ -258,20 +264,21 @@ def eval_mmvet(result_file: str, output: str, grade: bool = False, mmvet_json: s
     """Write the submission; with grade=True also grade it (chat defaults to the environment's endpoint)."""
     if grade and not mmvet_json:
         raise EvalInputError("--grade needs --mmvet-json pointing at mm-vet.json from mm-vet.zip.")
-    submission = build_submission(result_file)
+    mmvet = None
+    if mmvet_json:
+        fix = "Download https://github.com/yuweihao/MM-Vet/releases/download/v1/mm-vet.zip and unzip it."
+        mmvet = load_json(mmvet_json, "mm-vet.json", fix)
+        if not isinstance(mmvet, dict) or not mmvet:
+            raise EvalInputError(f"{mmvet_json}: expected a non-empty object of samples. {fix}")
+    submission = build_submission(result_file, mmvet)
     write_json(output, submission)
     summary = {"benchmark": "mmvet", "result_file": os.path.abspath(result_file),
                "submission": os.path.abspath(output), "answers": len(submission)}
+    if mmvet is not None:
+        summary.update(samples=len(mmvet), missing=sum(qid not in submission for qid in mmvet))
     if not grade:
         return summary
 
-    fix = "Download https://github.com/yuweihao/MM-Vet/releases/download/v1/mm-vet.zip and unzip it."
-    mmvet = load_json(mmvet_json, "mm-vet.json", fix)
-    if not isinstance(mmvet, dict) or not mmvet:
-        raise EvalInputError(f"{mmvet_json}: expected a non-empty object of samples. {fix}")
-    unknown = set(submission) - set(mmvet)
-    if unknown:
-        warn(f"{len(unknown)} answers are not MM-Vet samples and were ignored (e.g. {sorted(unknown)[0]}).")
     model = os.environ.get("MMVET_MODEL") or DEFAULT_MODEL
     if chat is None:
         api_base = os.environ.get("MMVET_API_BASE") or DEFAULT_API_BASE
@@ -294,7 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--result-file", required=True, help="LLaVA answers jsonl (model_vqa)")
     parser.add_argument("--output", required=True, help="submission JSON {v1_<id>: text}")
     parser.add_argument("--grade", action="store_true", help="also grade with an LLM judge (network)")
-    parser.add_argument("--mmvet-json", default=None, help="mm-vet.json (questions, answers, capabilities)")
+    parser.add_argument("--mmvet-json", default=None,
+                        help="mm-vet.json (questions, answers, capabilities); also checks the answers' ids")
     parser.add_argument(
         "--cache-file", default=None, help="grade cache (default: <output stem>_grade_cache.json)"
     )

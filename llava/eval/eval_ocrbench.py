@@ -8,7 +8,9 @@ the prediction after normalising both:
 - category "Handwritten Mathematical Expression Recognition": strip, newlines to spaces, then every
   space removed;
 - every other category: lower-case, strip, newlines to spaces.
-No answer scores 0 (VLMEvalKit would see pandas' "nan" there; the difference is nil in practice).
+Answers follow `llava.eval.answer_index`, keyed by `index`: a repeated or unknown index and an empty
+answers file are errors; a question without an answer scores 0 (VLMEvalKit would see pandas' "nan" there;
+the difference is nil in practice), with a warning and the count in `missing`.
 Per-category totals are counts out of the category's questions; the five reported groups are Text
 Recognition (the six recognition categories summed), Scene Text-centric VQA, Doc-oriented VQA, Key
 Information Extraction and Handwritten Mathematical Expression Recognition; `overall` is their sum, out
@@ -59,9 +61,7 @@ def is_correct(prediction: str, answers: list[str], category: str) -> bool:
 def eval_ocrbench(annotation_file: str, result_file: str, output_json: str | None = None) -> dict:
     _, rows = read_questions(annotation_file, "OCRBench TSV",
                              required=("index", "question", "image", "answer", "category"))
-    answers = answers_by_index(result_file, "OCRBench answers file", rows, annotation_file)
-    if not answers:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_tsv first.")
+    answers = answers_by_index(result_file, "OCRBench answers file", rows, annotation_file, "OCRBench")
     scores = {c: 0 for c in CATEGORIES}
     counts = {c: 0 for c in CATEGORIES}
     for row in rows:

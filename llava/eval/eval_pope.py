@@ -14,9 +14,14 @@ Answer rule (LLaVA): keep the text before the first "."; delete ","; split on si
 one of the words is exactly "No", "no" or "not", else "yes". Positive = "yes". Per split, in percent:
 accuracy = (TP+TN)/N, precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2PR/(P+R), yes-ratio = share of
 "yes" answers (LLaVA prints fractions and divides by zero where these are 0/0; here 0/0 gives 0).
-`overall` is the mean F1 of the splits (the number LLaVA-1.5 and pruning papers report for POPE), null
-unless every split has answers. A question without an answer is left out of its split's numbers, as
-LLaVA's pairing leaves it (with a warning and the count in `unanswered`).
+`overall` is the mean F1 of the splits (the number LLaVA-1.5 and pruning papers report for POPE).
+
+Answers follow `llava.eval.answer_index`: a repeated or unknown question_id and an empty answers file are
+errors. A question without an answer is a wrong prediction, the opposite of its label: a "yes" question
+counts as a "no" answer (FN), a "no" question as a "yes" answer (FP). So it lowers accuracy, and recall
+(label yes) or precision (label no), and enters the yes-ratio as the answer it is taken for; every split's
+numbers are over all its questions, with a warning and the count in `missing` per split and in total.
+(LLaVA's pairing by position would instead shift every later answer onto the wrong label.)
 Prints `<split>: acc / precision / recall / F1 / yes-ratio` lines, then `F1 (mean): xx.xx`.
 """
 
@@ -25,9 +30,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from llava.eval import EvalInputError, default_summary_path, read_jsonl, run_cli, warn, write_json
+from llava.eval import EvalInputError, default_summary_path, read_jsonl, run_cli, write_json
+from llava.eval.answer_index import index_answers
 
 _FIX = "See docs/Evaluation.md for the POPE files."
+OPPOSITE = {"yes": "no", "no": "yes"}
 
 
 def pope_answer(text: str) -> str:
@@ -95,37 +102,35 @@ def eval_pope(annotation_dir: str, question_file: str, result_file: str, output_
     splits = _questions_by_split(question_file)
     labels = {split: _labels(annotation_dir, split, qs, question_file) for split, qs in splits.items()}
     known = {str(q["question_id"]) for qs in splits.values() for _, q in qs}
-    answers: dict[str, str] = {}
-    for lineno, ans in read_jsonl(result_file, "POPE answers file", required=("question_id", "text")):
-        qid = str(ans["question_id"])
-        if qid not in known:
-            raise EvalInputError(f"{result_file}:{lineno}: question_id {qid} is not in {question_file}; score "
-                                 "answers against the question file they were generated from.")
-        answers[qid] = str(ans["text"])
-    if not answers:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_loader first.")
+    index = index_answers(
+        result_file, read_jsonl(result_file, "POPE answers file", required=("question_id", "text")),
+        benchmark="POPE", key=lambda ans: str(ans["question_id"]), known=known, driver="llava.eval.model_vqa_loader",
+        unknown=lambda qid, _: f"question_id {qid} is not in {question_file}",
+    )
+    index.missing(str(q["question_id"]) for qs in splits.values() for _, q in qs)
 
     results = {}
     for split, qs in splits.items():
-        pairs = [(pope_answer(answers[str(q["question_id"])]), label)
-                 for (_, q), label in zip(qs, labels[split], strict=True) if str(q["question_id"]) in answers]
-        unanswered = len(qs) - len(pairs)
-        if unanswered:
-            warn(f"{unanswered} of {len(qs)} {split} questions have no answer in {result_file}; left out.")
-        metrics = split_metrics([p for p, _ in pairs], [g for _, g in pairs]) if pairs else None
-        results[split] = {**(metrics or {"samples": 0}), "questions": len(qs), "unanswered": unanswered}
-    complete = all(r["samples"] for r in results.values())
+        preds, missing = [], 0
+        for (_, q), label in zip(qs, labels[split], strict=True):
+            ans = index.get(str(q["question_id"]))
+            if ans is None:
+                missing += 1
+                preds.append(OPPOSITE[label])  # a missing answer is a wrong prediction: FN if "yes", FP if "no"
+            else:
+                preds.append(pope_answer(str(ans["text"])))
+        results[split] = {**split_metrics(preds, labels[split]), "questions": len(qs), "missing": missing}
     summary = {
         "benchmark": "pope",
         "annotation_dir": os.path.abspath(annotation_dir),
         "question_file": os.path.abspath(question_file),
         "result_file": os.path.abspath(result_file),
-        "overall": sum(r["f1"] for r in results.values()) / len(results) if complete else None,
-        "accuracy": sum(r["accuracy"] for r in results.values()) / len(results) if complete else None,
+        "overall": sum(r["f1"] for r in results.values()) / len(results),
+        "accuracy": sum(r["accuracy"] for r in results.values()) / len(results),
+        "questions": sum(r["questions"] for r in results.values()),
+        "missing": sum(r["missing"] for r in results.values()),
         "splits": results,
     }
-    if not complete:
-        warn("a split has no answers at all, so there is no mean F1.")
     write_json(output_json or default_summary_path(result_file), summary)
     return summary
 
@@ -140,11 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     s = eval_pope(args.annotation_dir, args.question_file, args.result_file, args.output_json)
     for split, r in s["splits"].items():
-        if r["samples"]:
-            print(f"{split}: acc {r['accuracy']:.2f} / precision {r['precision']:.2f} / recall {r['recall']:.2f}"
-                  f" / F1 {r['f1']:.2f} / yes-ratio {r['yes_ratio']:.2f} ({r['samples']} samples)")
-    if s["overall"] is not None:
-        print(f"F1 (mean): {s['overall']:.2f}")
+        print(f"{split}: acc {r['accuracy']:.2f} / precision {r['precision']:.2f} / recall {r['recall']:.2f}"
+              f" / F1 {r['f1']:.2f} / yes-ratio {r['yes_ratio']:.2f} ({r['samples']} samples)")
+    print(f"F1 (mean): {s['overall']:.2f}")
     return s
 
 

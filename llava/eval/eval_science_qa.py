@@ -8,9 +8,13 @@ Parsing of each answer's `text`, in order (LLaVA-1.5's rules):
   2. len(text) >= 3, text[0] is one of A-E and text[1:3] == ". " -> text[0]  ("B. a cat");
   3. the regex `The answer is ([A-Z]).` has exactly one match -> its letter;
   4. otherwise "FAILED".
-A letter beyond the problem's number of choices, and FAILED, map to index -1 (wrong); a problem of the
-split with no answer counts as FAILED. Upstream once picked a random choice for unparsed answers; this
-scorer never does.
+A letter beyond the problem's number of choices, and FAILED, map to index -1 (wrong). Upstream once
+picked a random choice for unparsed answers; this scorer never does.
+
+Answers follow `llava.eval.answer_index`, keyed by problem id (`question_id`): two answers to one problem,
+an answer to a problem not in problems.json and an empty answers file are errors; a problem of the split
+with no answer counts as FAILED (wrong), with a warning and the count in `missing`; answers to problems of
+other splits are ignored and counted in `ignored`.
 
 Prints `Total: N, Correct: C, Accuracy: xx.xx%, IMG-Accuracy: xx.xx%` (LLaVA's line) and the grep-able
 `Accuracy: xx.xx` and `IMG-Accuracy: xx.xx` lines; anchor greps (`^Accuracy:`) since the first line holds
@@ -36,9 +40,9 @@ from llava.eval import (
     load_json,
     read_jsonl,
     run_cli,
-    warn,
     write_json,
 )
+from llava.eval.answer_index import index_answers
 
 OPTIONS = ("A", "B", "C", "D", "E")
 _ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
@@ -84,18 +88,19 @@ def eval_science_qa(
             f"split {split!r} not in {os.path.join(base_dir, 'pid_splits.json')} "
             f"(has {', '.join(sorted(splits))}); pass --split with one of those."
         )
-    predictions = {}
-    for lineno, pred in read_jsonl(result_file, "ScienceQA answers file", required=("question_id", "text")):
-        pid = str(pred["question_id"])
-        if pid in predictions:
-            warn(f"{result_file}:{lineno}: duplicate answer for {pid}; the last one is used.")
-        predictions[pid] = pred
+    scored = [str(pid) for pid in splits[split]]
+    predictions = index_answers(
+        result_file, read_jsonl(result_file, "ScienceQA answers file", required=("question_id", "text")),
+        benchmark=f"ScienceQA {split}", key=lambda pred: str(pred["question_id"]), known=problems,
+        scored=set(scored), scored_name=f"{split!r} split", describe=lambda pid: f"problem {pid!r}",
+        driver="llava.eval.model_vqa_science",
+        unknown=lambda pid, _: f"question_id {pid!r} is not a problem of {os.path.join(base_dir, 'problems.json')}",
+    )
+    missing = len(predictions.missing(scored))
 
     records = []
     sqa_results = {"acc": None, "correct": None, "count": None, "results": {}, "outputs": {}}
-    missing = 0
-    for pid in splits[split]:
-        pid = str(pid)
+    for pid in scored:
         prob = problems.get(pid)
         if prob is None:
             raise EvalInputError(f"problem {pid} of split {split!r} is not in problems.json; re-download it.")
@@ -104,7 +109,6 @@ def eval_science_qa(
                 raise EvalInputError(f"problems.json: problem {pid} lacks {key!r}; re-download it.")
         pred = predictions.get(pid)
         if pred is None:
-            missing += 1
             text, prompt = FAILED, None
             is_multimodal = bool(prob.get("image"))
         else:
@@ -125,13 +129,6 @@ def eval_science_qa(
         })
         sqa_results["results"][pid] = idx
         sqa_results["outputs"][pid] = text
-
-    if missing:
-        warn(f"{missing} of {len(records)} {split} problems have no answer in {result_file}; "
-             "they count as FAILED (wrong).")
-    extra = len(set(predictions) - {str(p) for p in splits[split]})
-    if extra:
-        warn(f"{extra} answers in {result_file} are not in the {split!r} split and were ignored.")
 
     total = len(records)
     correct = sum(r["correct"] for r in records)
@@ -159,6 +156,7 @@ def eval_science_qa(
         "img_accuracy": _pct(img_correct, len(img)),
         "failed": failed,
         "missing": missing,
+        "ignored": predictions.ignored,
     }
     write_json(output_json or default_summary_path(result_file), summary)
     return summary

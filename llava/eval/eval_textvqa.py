@@ -4,7 +4,13 @@
         [--output-json O.json]
 
 Each answer is matched to its annotation by (image_id, question.lower()), where image_id is the answer's
-`question_id` and the question is recovered from the answer's `prompt`. Prints `Samples: N` and
+`question_id` and the question is recovered from the answer's `prompt`. The accuracy is the mean VQA
+accuracy over every annotated question (`samples`).
+
+Answers follow `llava.eval.answer_index`: two answers to one (image_id, question) are an error (LLaVA
+would count both), as are an answer matching no annotation and an empty answers file; an annotated
+question without an answer scores 0, with a warning and the count in `missing` (LLaVA averages over the
+answers given, so a partial run would score the answered questions only). Prints `Samples: N` and
 `Accuracy: xx.xx` (percent) and writes a JSON summary (default: next to the result file).
 """
 
@@ -20,9 +26,9 @@ from llava.eval import (
     load_json,
     read_jsonl,
     run_cli,
-    warn,
     write_json,
 )
+from llava.eval.answer_index import index_answers
 from llava.eval.m4c_evaluator import TextVQAAccuracyEvaluator
 
 _LEGACY_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)
@@ -68,45 +74,42 @@ def load_annotations(annotation_file: str) -> dict[tuple[str, str], dict]:
 
 def eval_textvqa(annotation_file: str, result_file: str, output_json: str | None = None) -> dict:
     annotations = load_annotations(annotation_file)
-    results = read_jsonl(result_file, "TextVQA answers file", required=("question_id", "prompt", "text"))
-    if not results:
-        raise EvalInputError(f"{result_file} has no answers; run llava.eval.model_vqa_loader first.")
+
+    def key(result: dict) -> tuple[str, str]:
+        try:
+            return str(result["question_id"]), prompt_to_question(result["prompt"])
+        except ValueError as e:
+            raise ValueError(f"cannot recover the question: {e}.") from None
+
+    index = index_answers(
+        result_file, read_jsonl(result_file, "TextVQA answers file", required=("question_id", "prompt", "text")),
+        benchmark="TextVQA", key=key, known=annotations, driver="llava.eval.model_vqa_loader",
+        describe=lambda k: f"image_id={k[0]!r}, question={k[1]!r}",
+        unknown=lambda k, _: (f"no annotation for image_id={k[0]!r}, question={k[1]!r} in {annotation_file}. "
+                              "Check that the answers come from llava_textvqa_val_v051_ocr.jsonl and the "
+                              "annotation file is TextVQA_0.5.1_val.json"),
+    )
+    missing = index.missing(annotations)
     evaluator = TextVQAAccuracyEvaluator()
     scores = []
-    seen: set[tuple[str, str]] = set()
-    for lineno, result in results:
-        try:
-            question = prompt_to_question(result["prompt"])
-        except ValueError as e:
-            raise EvalInputError(f"{result_file}:{lineno}: cannot recover the question: {e}.") from None
-        key = (str(result["question_id"]), question)
-        seen.add(key)
-        ann = annotations.get(key)
-        if ann is None:
-            raise EvalInputError(
-                f"{result_file}:{lineno}: no annotation for image_id={key[0]!r}, question={key[1]!r} in "
-                f"{annotation_file}. Check that the answers come from llava_textvqa_val_v051_ocr.jsonl "
-                "and the annotation file is TextVQA_0.5.1_val.json."
-            )
+    for k, ann in annotations.items():
+        result = index.get(k)
+        if result is None:
+            scores.append(0.0)  # no answer: wrong
+            continue
         try:
             scores.append(evaluator.score(result["text"], ann["answers"]))
         except ValueError as e:
             raise EvalInputError(f"{annotation_file}: question_id {ann.get('question_id')}: {e}.") from None
 
-    accuracy = 100.0 * sum(scores) / len(scores)
-    unanswered = len(annotations) - len(seen)
-    if unanswered > 0:
-        # LLaVA averages over the answers given; say so loudly when that is not the whole split.
-        warn(f"{unanswered} of {len(annotations)} annotated questions have no answer in {result_file}; "
-             "the accuracy covers only the answered ones.")
     summary = {
         "benchmark": "textvqa",
         "result_file": os.path.abspath(result_file),
         "annotation_file": os.path.abspath(annotation_file),
         "samples": len(scores),
-        "annotated_questions": len(annotations),
-        "unanswered": max(unanswered, 0),
-        "accuracy": accuracy,
+        "answered": len(index),
+        "missing": len(missing),
+        "accuracy": 100.0 * sum(scores) / len(scores),
     }
     write_json(output_json or default_summary_path(result_file), summary)
     return summary

@@ -44,7 +44,7 @@ BENCHMARKS = {
     "mmvet": ("total", "MM-Vet is graded by GPT-4: submit the results JSON to the official evaluator, or rerun "
                        "with MMVET_GRADE=1 and MMVET_API_KEY set"),
     "gqa": ("overall", None),
-    "pope": ("overall", "a POPE split has no answers, so there is no mean F1"),
+    "pope": ("overall", None),
     "mmstar": ("overall", None),
     "ai2d": ("overall", None),
     "ocrbench": ("overall", None),

@@ -19,7 +19,8 @@ from __future__ import annotations
 import ast
 import string
 
-from llava.eval import EvalInputError, read_jsonl, warn
+from llava.eval import EvalInputError, read_jsonl
+from llava.eval.answer_index import index_answers
 from llava.eval.eval_mmbench import PANDAS_NA, read_tsv
 
 OPTION_COLUMNS = tuple(string.ascii_uppercase)
@@ -101,29 +102,26 @@ def index_of(row: dict) -> int:
     return int(row["index"].strip())
 
 
-def answers_by_index(result_file: str, what: str, rows: list[dict], tsv: str) -> dict[int, str]:
-    """index -> answer text from a model_vqa_tsv answers file. An answer whose index is not a row of the
-    TSV is an error (answers scored against the wrong file); a repeated index keeps the last answer."""
+def answers_by_index(result_file: str, what: str, rows: list[dict], tsv: str, benchmark: str) -> dict[int, str]:
+    """index -> answer text from a model_vqa_tsv answers file, under `llava.eval.answer_index`'s rule: a
+    repeated index or an index that is not a row (with an image) of the TSV is an error, an empty file is an
+    error, and the questions without an answer are reported (they count as wrong)."""
     indices = {index_of(row) for row in rows}
-    answers: dict[int, str] = {}
-    repeated = 0
-    for lineno, ans in read_jsonl(result_file, what, required=("question_id", "text")):
+
+    def key(ans: dict):
         try:
-            index = int(ans["question_id"])
+            return int(ans["question_id"])
         except (TypeError, ValueError):
-            index = None
-        if index not in indices:
-            raise EvalInputError(f"{result_file}:{lineno}: question_id {ans['question_id']!r} is not an index of "
-                                 f"a question (with an image) in {tsv}; score answers against the TSV they "
-                                 "were generated from.")
-        repeated += index in answers
-        answers[index] = ans["text"] if isinstance(ans["text"], str) else str(ans["text"])
-    if repeated:
-        warn(f"{repeated} repeated answers in {result_file}; the last answer of each question is used.")
-    missing = len(indices) - len(answers)
-    if missing:
-        warn(f"{missing} of {len(indices)} questions have no answer in {result_file}; they count as wrong.")
-    return answers
+            return f"not an index: {ans['question_id']!r}"  # never a row's index: reported as unknown
+
+    index = index_answers(
+        result_file, read_jsonl(result_file, what, required=("question_id", "text")), benchmark=benchmark,
+        key=key, known=indices, driver="llava.eval.model_vqa_tsv",
+        unknown=lambda k, ans: (f"question_id {ans['question_id']!r} is not an index of a question (with an "
+                                f"image) in {tsv}"),
+    )
+    index.missing(index_of(row) for row in rows)
+    return {k: ans["text"] if isinstance(ans["text"], str) else str(ans["text"]) for k, ans in index.items()}
 
 
 def accuracy_by(items: list[dict], key: str) -> dict[str, dict]:

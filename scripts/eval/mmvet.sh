@@ -25,7 +25,10 @@ if [[ "${MMVET_GRADE:-0}" == 1 ]]; then
         --grade --mmvet-json "$DATA/mm-vet.json" --output-json "$DATA/results/${RUN_NAME}_scores.json"
     write_record mmvet "$ANSWERS" "$DATA/results/${RUN_NAME}_scores.json" "$SUBMISSION"
 else
-    "$PYTHON" -m llava.eval.eval_mmvet --result-file "$ANSWERS" --output "$SUBMISSION"
+    # mm-vet.json, when present, lets the scorer refuse answers to samples MM-Vet does not have.
+    CHECK=()
+    [[ -f "$DATA/mm-vet.json" ]] && CHECK=(--mmvet-json "$DATA/mm-vet.json")
+    "$PYTHON" -m llava.eval.eval_mmvet --result-file "$ANSWERS" --output "$SUBMISSION" ${CHECK[@]+"${CHECK[@]}"}
     echo "MM-Vet is graded by GPT-4: submit $SUBMISSION to the official evaluator (docs/Evaluation.md)."
     write_record mmvet "$ANSWERS" "" "$SUBMISSION"
 fi
