@@ -573,7 +573,8 @@ def test_a_prompt_longer_than_the_context_is_cut_as_llava_does_and_says_so(tiny_
     for line, n in zip(lines, lengths, strict=True):
         expected = {"truncated": {"prompt_tokens": n, "kept_tokens": limit}} if n > limit else {}
         assert line["metadata"] == expected
-    assert f"warning: {len(cut)} prompt(s) were longer than the model's context ({limit} tokens" in capsys.readouterr().err
+    warning = f"warning: {len(cut)} prompt(s) were longer than the model's context ({limit} tokens"
+    assert warning in capsys.readouterr().err
     assert record.build_record("mme", "run", str(answers), None, 1.0)["truncated_prompts"] == len(cut)
     # Keeping 16 patches at the vision stage makes every prompt fit: nothing is cut, nothing is flagged.
     answers = tmp_path / "kept16.jsonl"

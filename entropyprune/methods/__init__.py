@@ -191,5 +191,14 @@ def top_n(scores: Tensor, n: int) -> Tensor:
 
 # Imported last so that each module's @register runs against the registry above.
 from entropyprune.methods import (  # noqa: E402, F401
-    cdpruner, dart, divprune, entropy, fastv, pdrop, random, sparsevlm, visionzip, vispruner,
+    cdpruner,
+    dart,
+    divprune,
+    entropy,
+    fastv,
+    pdrop,
+    random,
+    sparsevlm,
+    visionzip,
+    vispruner,
 )
