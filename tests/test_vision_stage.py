@@ -18,6 +18,9 @@ from tests.conftest import make_image, vicuna_prompt
 VISION_CONFIGS = {
     "random@0": dict(method="random", layer=0, keep=100),
     "cdpruner": dict(method="cdpruner", keep=40),
+    "prumerge": dict(method="prumerge"),  # adaptive: its own count per image, no budget
+    "prumerge_plus": dict(method="prumerge_plus", keep=40, options={"adaptive": False}),
+    "prumerge_plus@adaptive": dict(method="prumerge_plus"),
 }
 VISION_METHODS = sorted(name for name, spec in METHODS.items() if "vision" in spec.stages)
 

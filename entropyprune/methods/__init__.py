@@ -190,4 +190,4 @@ def top_n(scores: Tensor, n: int) -> Tensor:
 
 
 # Imported last so that each module's @register runs against the registry above.
-from entropyprune.methods import cdpruner, dart, entropy, fastv, pdrop, random, sparsevlm  # noqa: E402, F401
+from entropyprune.methods import cdpruner, dart, entropy, fastv, pdrop, prumerge, random, sparsevlm  # noqa: E402, F401
