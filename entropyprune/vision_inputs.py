@@ -193,6 +193,21 @@ class VisionInputs:
             raise ValueError(f"select layer {given} has no attention entry in a {layers}-layer tower "
                              f"(transformers' attentions tuple has indices {-layers}..{layers - 1})")
         return given % layers
+    def cls_attention_full(self, layer: int) -> Tensor:
+        """``[I, V]`` the CLS token's attention to each patch in encoder layer ``layer`` taken as ONE head
+        over the full width (PruMerge): ``softmax((q_cls . k) * Dv**-0.5)`` over CLS and every patch, with
+        q and k the whole ``q_proj``/``k_proj`` outputs (all heads concatenated, ``Dv = h * d``), float32,
+        CLS column dropped. Not the mean of the per-head attentions."""
+        layer = layer % self.num_layers if layer < 0 else layer
+
+        def compute():
+            q, k = self.vision_qk(layer)
+            q, k = q.float(), k.float()
+            width = q.shape[1] * q.shape[-1]
+            logits = torch.einsum("ihd,ihtd->it", q[:, :, 0], k) * width ** -0.5  # [I, 1+V]
+            return logits.softmax(-1)[:, 1:]
+
+        return self.cached(("cls_attention_full", layer), compute)
 
     def patch_keys(self, layer: int) -> Tensor:
         """``[I, h, V, d]`` the patch tokens' keys in encoder layer ``layer`` (CLS removed)."""

@@ -21,6 +21,9 @@ VISION_CONFIGS = {
     "divprune": dict(method="divprune", keep=40),
     "vispruner": dict(method="vispruner", keep=40),
     "visionzip": dict(method="visionzip", keep=40),
+    "prumerge": dict(method="prumerge"),  # adaptive: its own count per image, no budget
+    "prumerge_plus": dict(method="prumerge_plus", keep=40, options={"adaptive": False}),
+    "prumerge_plus@adaptive": dict(method="prumerge_plus"),
 }
 VISION_METHODS = sorted(name for name, spec in METHODS.items() if "vision" in spec.stages)
 

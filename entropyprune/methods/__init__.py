@@ -197,6 +197,7 @@ from entropyprune.methods import (  # noqa: E402, F401
     entropy,
     fastv,
     pdrop,
+    prumerge,
     random,
     sparsevlm,
     visionzip,

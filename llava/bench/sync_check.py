@@ -19,6 +19,7 @@ import torch
 
 from entropyprune.config import PruneConfig
 from entropyprune.methods import available_methods, get_spec, method_stage
+from entropyprune.options import build_options
 from llava.bench.workload import attach_random_clip_text, random_model, random_prompts
 
 # A configuration that fits any model with >= 4 layers: every method at one modest budget.
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         cfg = PruneConfig(method=name, **CONFIGS.get(name, dict(layer=2, keep=100)))
         rows.append({"method": name, "syncs": count_syncs(model, prompt, cfg)})
     for name in vision + ["random"]:
-        cfg = PruneConfig(method=name, layer=0, keep=64)
-        if cfg.adaptive:
-            cfg = PruneConfig(method=name, layer=0)
+        spec = get_spec(name)  # an adaptive method (by default) takes no budget: one given to it is refused
+        adaptive = spec.adaptive is not None and spec.adaptive(build_options(name, spec.options, {}))
+        cfg = PruneConfig(method=name, layer=0) if adaptive else PruneConfig(method=name, layer=0, keep=64)
         label = name if name != "random" else "random@0"
         rows.append({"method": label, "syncs": count_vision_syncs(model, prompt, cfg), "adaptive": cfg.adaptive})
     for row in rows:
