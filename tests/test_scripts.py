@@ -293,3 +293,17 @@ def test_problems_seen_before_inference_stop_the_script_before_it(tiny_llava, de
     proc = run_script("mme.sh", tiny_llava, demo, blocked / "results")
     assert proc.returncode != 0 and f"RESULTS_DIR={blocked / 'results'} cannot be written" in proc.stderr
     assert not os.path.exists(os.path.join(demo, "mm-vet", "answers", "llava-v1.5-tiny.jsonl"))
+
+
+def test_an_adaptive_method_through_the_scripts_records_what_each_image_kept(tiny_llava, demo, tmp_path):
+    # PruMerge picks its own count per image: no budget, the tag says "adaptive", the record gives the range.
+    results = tmp_path / "results"
+    proc = run_script("mme.sh", tiny_llava, demo, results, METHOD="prumerge")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = "llava-v1.5-tiny-prumerge-L0-adaptive"
+    answers = read_lines(os.path.join(demo, "MME", "answers", f"{run}.jsonl"))
+    counts = [n for line in answers for n in line["metadata"]["kept_tokens"]]
+    record = load(results / "mme" / f"{run}.json")
+    assert record["kept_per_image"] == {"mean": sum(counts) / len(counts), "min": min(counts), "max": max(counts),
+                                        "images": len(counts)}
+    assert record["keep"] == record["avg_tokens"] == sum(counts) / len(counts) and 1 < min(counts) < 576
