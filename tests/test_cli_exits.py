@@ -20,6 +20,11 @@ CASES = [
     (["-m", "llava.eval.model_vqa_loader", "--model-path", "x", "--question-file", "/nonexistent.jsonl",
       "--answers-file", "/tmp/entropyprune-none.jsonl", "--prune-method", "fastv", "--prune-keep", "8",
       "--prune-option", "nope=1"], "method 'fastv' has no options, got nope"),
+    # --out is written last: a file there (or an unwritable place) must stop ecl before it profiles anything.
+    (["-m", "llava.cli", "ecl", "--model-path", "/nonexistent/ckpt", "--question-file", "/nonexistent.jsonl",
+      "--out", "/proc/version"], "--out /proc/version is a file, not a folder"),
+    (["-m", "llava.cli", "ecl", "--model-path", "/nonexistent/ckpt", "--question-file", "/nonexistent.jsonl",
+      "--out", "/proc/version/sub"], "cannot be written (/proc/version is not a writable folder)"),
 ]
 
 

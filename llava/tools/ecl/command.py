@@ -171,7 +171,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="where ecl.json, ecl.png and spectra.png go")
 
 
+def _check_out(out: str) -> str | None:
+    """Why --out cannot take the results, found before the profile runs (it is written last)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        return f"--out {out} is a file, not a folder (ecl.json, ecl.png and spectra.png go in it)"
+    parent = out
+    while not os.path.exists(parent):  # the nearest folder that exists must let us create the rest
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not (os.path.isdir(parent) and os.access(parent, os.W_OK)):
+        return f"--out {out} cannot be written ({parent} is not a writable folder)"
+    return None
+
+
 def cmd_ecl(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    problem = _check_out(args.out)
+    if problem:
+        parser.error(problem)
     if not args.alpha > 0:
         parser.error(f"--alpha must be > 0, got {args.alpha}")
     if args.samples < 0:
