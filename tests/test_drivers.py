@@ -495,6 +495,22 @@ def test_malformed_question_line_names_file_and_line(tiny_llava, demo, tmp_path)
     assert f"error: {qfile}:1: malformed JSON" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_non_utf8_and_non_string_question_fields_name_the_line(tiny_llava, demo, tmp_path):
+    qfile = tmp_path / "questions.jsonl"
+    args = loader_args(tiny_llava, demo, tmp_path / "a.jsonl")
+    args[args.index("--question-file") + 1] = str(qfile)
+    good = json.dumps({"question_id": 0, "image": "v1_0.png", "text": "What is this?"}) + "\n"
+    qfile.write_bytes(good.encode() + '{"question_id": 1, "image": "a.png", "text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(EvalInputError, match=r"questions\.jsonl:2: not UTF-8 text"):
+        model_vqa_loader.main(args)
+    for bad, message in [({"image": None}, r"questions\.jsonl:2: 'image' must be a non-empty string, got None"),
+                         ({"text": 5}, r"questions\.jsonl:2: 'text' must be a non-empty string, got 5")]:
+        line = {"question_id": 1, "image": "v1_1.png", "text": "Why?", **bad}
+        qfile.write_text(good + json.dumps(line) + "\n")
+        with pytest.raises(EvalInputError, match=message):
+            model_vqa_loader.main(args)
+
+
 def test_missing_image_is_named_before_loading(tiny_llava, demo, tmp_path):
     root = tmp_path / "eval"
     shutil.copytree(os.path.join(demo, "mm-vet"), root / "mm-vet")

@@ -62,8 +62,13 @@ def read_jsonl(
     path = require_file(path, what, fix)
     required = tuple(required)
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EvalInputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start}); save the "
+                                     "file as UTF-8.") from None
             if not line.strip():
                 continue
             try:
