@@ -68,3 +68,16 @@ def vicuna_prompt(question: str, image: bool = True) -> str:
     conv.append_message(conv.roles[0], ("<image>\n" if image else "") + question)
     conv.append_message(conv.roles[1], None)
     return conv.get_prompt()
+
+
+def prompt_batch(tok, questions):
+    """Right-padded ids and attention mask of one image prompt per question (Vicuna template)."""
+    from llava.mm_utils import tokenizer_image_token
+
+    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    return ids, mask

@@ -9,9 +9,9 @@ import torch
 
 from entropyprune.config import PruneConfig
 from entropyprune.methods.cdpruner import greedy_map, instruction_relevance
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.tools.make_tiny_checkpoint import TOWER_DIR
-from tests.conftest import make_image, vicuna_prompt
+from tests.conftest import make_image, prompt_batch
 
 
 def greedy_logdet(kernel: np.ndarray, n: int) -> list[int]:
@@ -124,23 +124,13 @@ def _reference_kept(loaded_tiny, clip, image, question, n):
     return greedy_logdet(kernel.numpy(), n)
 
 
-def _prompt_ids(tok, questions):
-    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return ids, mask
-
-
 def test_the_model_keeps_the_reference_tokens_for_each_prompt_in_a_batch(loaded_tiny, clip):
     tok, model, proc, _ = loaded_tiny
     questions = ["What is in the picture?", "Is there a red square on the left side of the image?"]
     images = [make_image(seed=5), make_image(seed=6)]
     n = 12
     model.set_prune(PruneConfig(method="cdpruner", keep=n))
-    ids, mask = _prompt_ids(tok, questions)
+    ids, mask = prompt_batch(tok, questions)
     px = process_images(images, proc, model.config)
     model(ids, attention_mask=mask, images=px, texts=questions)
     trace = model.get_model().prune_trace
@@ -153,7 +143,7 @@ def test_the_model_keeps_the_reference_tokens_for_each_prompt_in_a_batch(loaded_
 def test_it_needs_the_instruction_and_says_so(loaded_tiny):
     tok, model, proc, _ = loaded_tiny
     model.set_prune(PruneConfig(method="cdpruner", keep=8))
-    ids, _ = _prompt_ids(tok, ["What is it?"])
+    ids, _ = prompt_batch(tok, ["What is it?"])
     with pytest.raises(ValueError, match="instruction text"):
         model(ids, images=process_images([make_image(seed=1)], proc, model.config))
 

@@ -11,9 +11,9 @@ import torch
 from entropyprune.config import PruneConfig
 from entropyprune.methods import Stage
 from entropyprune.methods.divprune import cosine_distance, max_min_picks
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.tools.make_tiny_checkpoint import TOWER_DIR
-from tests.conftest import make_image, vicuna_prompt
+from tests.conftest import make_image, prompt_batch
 
 
 def official_picks(features: np.ndarray, n: int) -> tuple[list[int], list[float]]:
@@ -108,23 +108,13 @@ def tower(tiny_llava):
     return CLIPVisionModel.from_pretrained(os.path.join(tiny_llava, TOWER_DIR)).eval()
 
 
-def _prompt_ids(tok, questions):
-    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return ids, mask
-
-
 def test_the_model_keeps_the_official_tokens_for_each_image_of_a_batch(loaded_tiny, tower):
     tok, model, proc, _ = loaded_tiny
     questions = ["What is in the picture?", "Is there a red square on the left side of the image?"]
     images = [make_image(seed=7), make_image(w=300, h=420, seed=8)]
     px = process_images(images, proc, model.config)
     model.set_prune(PruneConfig(method="divprune", ratio=0.098))  # the official default: 56 of 576
-    ids, mask = _prompt_ids(tok, questions)
+    ids, mask = prompt_batch(tok, questions)
     model(ids, attention_mask=mask, images=px)
     trace = model.get_model().prune_trace
     # Reference: transformers' CLIP, LLaVA's features (hidden_states[-2] without CLS), the projector.

@@ -21,9 +21,9 @@ from entropyprune.methods.prumerge import (
     uniform_mask,
 )
 from entropyprune.vision_inputs import VisionInputs
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.tools.make_tiny_checkpoint import TOWER_DIR
-from tests.conftest import make_image, vicuna_prompt
+from tests.conftest import make_image, prompt_batch
 
 # ---------------------------------------------------------------- references from the official code
 
@@ -225,23 +225,13 @@ def _reference(loaded_tiny, clip_vision, images, plus):
     return refs
 
 
-def _batch(tok, questions):
-    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("name", ["prumerge", "prumerge_plus"])
 def test_the_model_keeps_and_merges_the_reference_tokens_for_each_image_of_a_batch(loaded_tiny, clip_vision, name):
     tok, model, proc, _ = loaded_tiny
     images = [make_image(seed=5), make_image(seed=6)]
     refs = _reference(loaded_tiny, clip_vision, images, plus=name == "prumerge_plus")
     model.set_prune(PruneConfig(method=name))
-    ids, mask = _batch(tok, ["What is in the picture?", "Is there a red square on the left side?"])
+    ids, mask = prompt_batch(tok, ["What is in the picture?", "Is there a red square on the left side?"])
     px = process_images(images, proc, model.config)
     sp = model.splice_multimodal(ids, px, attention_mask=mask)
     for row, (kept, tokens, attn) in enumerate(refs):
@@ -270,7 +260,7 @@ def test_fixed_budget_keeps_exactly_n_tokens(loaded_tiny, clip_vision, name):
     attn = _ref_attention(q, k).numpy()
     feats = out.hidden_states[-2][:, 1:].double().numpy()
     model.set_prune(PruneConfig(method=name, keep=n, options={"adaptive": False}))
-    ids, mask = _batch(tok, ["What is it?", "Describe the image."])
+    ids, mask = prompt_batch(tok, ["What is it?", "Describe the image."])
     sp = model.splice_multimodal(ids, px, attention_mask=mask)
     for row in range(2):
         (rec,) = sp.vision_trace[row][0]

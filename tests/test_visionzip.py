@@ -12,9 +12,9 @@ from entropyprune.config import PruneConfig
 from entropyprune.methods import Stage, get_method
 from entropyprune.methods.visionzip import VisionZipOptions, contextual_tokens, split, target_positions
 from entropyprune.vision_inputs import VisionInputs
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.tools.make_tiny_checkpoint import TOWER_DIR
-from tests.conftest import make_image, vicuna_prompt
+from tests.conftest import make_image, prompt_batch
 
 
 # ------------------------------------------------------------------------------------------------ reference
@@ -190,21 +190,11 @@ def test_the_cls_attention_and_keys_used_are_transformers_attentions_and_keys_of
         assert torch.allclose(inputs.features, feats[:, 1:], atol=1e-5)
 
 
-def _prompt_ids(tok, questions):
-    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return ids, mask
-
-
 def test_the_model_keeps_and_splices_the_official_tokens_for_a_batch_of_two(loaded_tiny, hf_tower):
     tok, model, proc, _ = loaded_tiny
     n, d, c = 40, 34, 6
     model.set_prune(PruneConfig(method="visionzip", keep=n))
-    ids, mask = _prompt_ids(tok, ["What is in the picture?", "Describe the colours."])
+    ids, mask = prompt_batch(tok, ["What is in the picture?", "Describe the colours."])
     px = process_images([make_image(seed=5), make_image(seed=6)], proc, model.config)
     cls_rows, keys, feats, _ = transformers_quantities(hf_tower, px)
     refs = [official_visionzip(cls_rows[i], keys[i], feats[i], d, c) for i in range(2)]

@@ -11,9 +11,9 @@ import torch
 from entropyprune.config import PruneConfig
 from entropyprune.methods.vispruner import split_budget, vispruner_select
 from entropyprune.vision_inputs import VisionInputs
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.mm_utils import process_images
 from llava.tools.make_tiny_checkpoint import TOWER_DIR
-from tests.conftest import make_image, vicuna_prompt
+from tests.conftest import make_image, prompt_batch
 
 
 def official_kept(attention: np.ndarray, features: np.ndarray, n: int, ratio: float) -> list[int]:
@@ -131,16 +131,6 @@ def test_cls_attention_equals_transformers_output_attentions_of_the_select_layer
         VisionInputs(hidden_states=out.hidden_states, select_layer=3, tower=tower).select_attention_layer()
 
 
-def _prompt_ids(tok, questions):
-    rows = [tokenizer_image_token(vicuna_prompt(q), tok, return_tensors="pt") for q in questions]
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = r, 1
-    return ids, mask
-
-
 @pytest.mark.parametrize("keep,ratio", [(64, 0.5), (42, 0.5), (40, 0.75)])
 def test_the_model_keeps_the_official_tokens_for_each_image_of_a_batch(float64, keep, ratio):
     tok, model, proc, tower = float64
@@ -148,7 +138,7 @@ def test_the_model_keeps_the_official_tokens_for_each_image_of_a_batch(float64, 
     images = [make_image(seed=9), make_image(w=300, h=420, seed=10)]
     px = process_images(images, proc, model.config).double()
     model.set_prune(PruneConfig(method="vispruner", keep=keep, options={"important_ratio": ratio}))
-    ids, mask = _prompt_ids(tok, questions)
+    ids, mask = prompt_batch(tok, questions)
     model(ids, attention_mask=mask, images=px)
     trace = model.get_model().prune_trace
     # Reference: transformers' eager CLIP, attentions[-2] (CLS row, patches) averaged over heads, and LLaVA's
