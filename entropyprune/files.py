@@ -57,9 +57,11 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", fsync: bool = False):
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file it refused
+            err.filename = path
         raise
 
 

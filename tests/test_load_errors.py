@@ -197,3 +197,13 @@ def test_cli_device_cuda_on_cpu_build(tmp_path, tiny_llava):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --device 'cuda'")
+
+
+def test_a_language_model_other_than_llama_is_refused_by_name(tmp_path, tiny_hf):
+    path = _copy(tiny_hf, tmp_path)
+    config_file = os.path.join(path, "config.json")
+    config = json.load(open(config_file))
+    config["text_config"]["model_type"] = "mistral"
+    json.dump(config, open(config_file, "w"))
+    with pytest.raises(NotImplementedError, match=r"config\.json: model_type 'llava' with a 'mistral' language model"):
+        load_pretrained_model(path, device="cpu")

@@ -139,12 +139,20 @@ class AnswerWriter:
 
     def write(self, record: dict) -> None:
         # One write call per line keeps an interruption to at most one partial (unterminated) line.
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            self._f.write(json.dumps(record) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as err:  # a full disk: name the file (a bare write error does not)
+            if err.filename is None:
+                err.filename = self._f.name
+            raise
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:  # the flush of a line that a full disk refused: the write above said so already
+            pass
 
     def __enter__(self):
         return self

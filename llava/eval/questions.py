@@ -106,6 +106,9 @@ def jsonl_benchmark(name: str) -> Benchmark:
         for key in ("image", "text"):  # LLaVA's files hold strings here; anything else is a broken line
             if not isinstance(line[key], str) or not line[key]:
                 raise EvalInputError(f"{source}: {key!r} must be a non-empty string, got {line[key]!r}")
+        qid = line["question_id"]  # a string or an integer in LLaVA's files; it keys the answers
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)) or qid == "":
+            raise EvalInputError(f"{source}: 'question_id' must be a string or an integer, got {qid!r}")
         path = os.path.join(os.path.expanduser(args.image_folder), line["image"])
         return [Item(question_id=line["question_id"], prompt=line["text"], question=line["text"],
                      load_image=lambda: open_rgb(path), image_path=path, source=source)]

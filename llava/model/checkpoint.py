@@ -164,6 +164,9 @@ def load_weights(model: torch.nn.Module, files: list[str], checkpoint_format: st
                 raise ValueError(
                     f"{file}: {key} has shape {tuple(tensor.shape)} but the config gives {tuple(params[name].shape)}"
                 )
+            if params[name].is_floating_point() and not tensor.is_floating_point():
+                raise ValueError(f"{file}: {key} holds {tensor.dtype} values but {name} is a floating-point "
+                                 "weight; the file is not a checkpoint of this model (or was converted wrongly)")
             state[name] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else tensor.dtype)
             report.loaded[name] = key
         model.load_state_dict(state, strict=False, assign=True)

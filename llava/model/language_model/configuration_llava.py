@@ -18,6 +18,11 @@ _VISION_DEFAULTS = dict(  # CLIP ViT-L/14-336, the LLaVA-1.5 tower
 )
 
 
+# config.json's model_type for LLaVA with a Llama language model: LLaVA's own ("llava", "llava_llama") and
+# transformers' ("llava", with text_config.model_type "llama"). Others (llava_mistral, llava_mpt, ...) differ.
+LLAMA_LLAVA_TYPES = ("llava", "llava_llama")
+
+
 _FIELD_TYPES = {  # annotation -> (accepted types, in words) for the fields read from config.json
     "int": (int, "an integer"), "int | None": (int, "an integer"),
     "float": ((int, float), "a number"), "bool": (bool, "true or false"),
@@ -131,6 +136,15 @@ class LlavaConfig:
             raise NotImplementedError(
                 f"{cfg_path} describes a LLaVA-1.6 (LLaVA-NeXT, anyres) model, which is not supported; "
                 "use a LLaVA-1.5 checkpoint"
+            )
+        model_type = raw.get("model_type")
+        text = raw.get("text_config")
+        text_type = text.get("model_type") if isinstance(text, dict) else None
+        if model_type not in (None, *LLAMA_LLAVA_TYPES) or text_type not in (None, "llama"):
+            what = f"model_type {model_type!r}" + (f" with a {text_type!r} language model" if text_type else "")
+            raise NotImplementedError(
+                f"{cfg_path}: {what} is not supported; this runtime runs LLaVA-1.5 checkpoints with a Llama "
+                f"language model (model_type {' or '.join(LLAMA_LLAVA_TYPES)})"
             )
         try:
             return cls.from_dict(raw)

@@ -58,6 +58,12 @@ class CLIPVisionTower(nn.Module):
                     raise FileNotFoundError(f"vision tower {vision_tower!r} has no config.json")
                 read_json(os.path.join(vision_tower, "config.json"))
             cfg = CLIPVisionConfig.from_pretrained(vision_tower, local_files_only=local)
+        # hidden_states holds the embeddings and each layer's output: num_hidden_layers + 1 entries.
+        states = cfg.num_hidden_layers + 1
+        if not isinstance(select_layer, int) or not -states <= select_layer < states:
+            raise ValueError(f"mm_vision_select_layer {select_layer!r} is out of range for a vision tower of "
+                             f"{cfg.num_hidden_layers} layers (it indexes {states} hidden states: "
+                             f"{-states}..{states - 1}; LLaVA-1.5 uses -2)")
         self.vision_tower = CLIPVisionModel(cfg)
         self.vision_tower.requires_grad_(False)
         self.image_processor = None
