@@ -58,6 +58,7 @@ MME_METRICS = {"total": Metric("Total", ("total",)), "perception": Metric("Perce
 MME_MAX = {"total": 2800.0, "perception": 2000.0}
 OCRBENCH_MAX = 1000.0
 REL_MODES = ("mean-ratio", "acc-ratio")
+RADAR_FLOOR = 0.2  # the radar draws a normalised value v at radius 0.2 + 0.8 v
 _QUALIFIERS = ("layer", "states", "variant")
 
 
@@ -110,6 +111,7 @@ class Comparison:
     notes: list[str]
     summary: list[str]  # the paper's stated averages for the budgets shown
     numbers: dict[str, int] = field(default_factory=dict)  # flagged record path -> its footnote number
+    rank_published: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- numbers
@@ -474,7 +476,7 @@ def build_comparison(records: list[Record], mme: str = "total", rel_mode: str = 
     if dirty:
         notes.append(f"Written from a checkout with uncommitted changes: {', '.join(dirty)}.")
     return Comparison(benchmarks, metrics, groups, mme, rel_mode, visual_tokens, model, footnotes, sources, notes,
-                      summary, numbers)
+                      summary, numbers, rank_published)
 
 
 def _scores(row: Row) -> dict[str, float]:
@@ -502,7 +504,7 @@ def _cell_text(comp: Comparison, row: Row, col: str, style: str) -> str:
         c = row.cells.get(col)
         if c is None:
             return ""
-        text = fmt_value(col, c.value, comp.mme)
+        text = fmt_value(col, c.value, c.mismatch or comp.mme)
         if c.mismatch:
             text += f" {_conv_mark(c.mismatch)}"
     if not text:
@@ -533,19 +535,21 @@ def _tex_escape(text: str) -> str:
 
 def _caption(comp: Comparison) -> list[str]:
     n = len(comp.benchmarks)
-    mme = "MME / 2800 × 100 (perception + cognition)" if comp.mme == "total" else "MME-P / 2000 × 100 (perception)"
+    mme = "MME total / 2800 × 100" if comp.mme == "total" else "MME perception / 2000 × 100"
     rel = ("mean over the benchmarks of score / upper bound × 100" if comp.rel_mode == "mean-ratio"
            else "Acc. / Acc. of the upper bound × 100")
-    return [f"Acc.: mean over the {n} benchmarks of the score in % ({mme}; OCRBench / 10). Rel.: {rel}.",
-            "Best per column and budget in bold, second underlined (our runs only)."
-            + (" † published, not ranked." if comp.sources else "")]
+    return [f"Acc.: mean over the {n} benchmarks of the score in % ({mme}; OCRBench / 10).", f"Rel.: {rel}.",
+            "Best per column and budget in bold, second underlined ("
+            + ("our runs and the published ones)." if comp.rank_published else "our runs only).")
+            + ((" † published." if comp.rank_published else " † published, not ranked.") if comp.sources else "")]
 
 
 def render_markdown(comp: Comparison) -> str:
     cols = comp.benchmarks
     heads = [MD_NAMES.get(b, b) for b in cols]
     out = ["# Comparison by budget", ""]
-    out += [f"Checkpoint: {comp.model}. " + _caption(comp)[0], _caption(comp)[1], ""]
+    caption = _caption(comp)
+    out += [f"Checkpoint: {comp.model}. {caption[0]}", *caption[1:], ""]
     out.append("| Method | " + " | ".join(heads) + " | Acc. | Rel. |")
     out.append("| --- |" + " ---: |" * (len(cols) + 2))
     empty = " |" * (len(cols) + 2)
@@ -554,13 +558,12 @@ def render_markdown(comp: Comparison) -> str:
         for row in g.rows:
             cells = [_cell_text(comp, row, c, "md") for c in [*cols, "acc", "rel"]]
             out.append(f"| {_label(row, 'md')} | " + " | ".join(cells) + " |")
-    out.append("")
     for tag in comp.sources:
-        out.append(f"†{tag}: {P.source_line(tag)}.  ")
+        out += ["", f"†{tag}: {P.source_line(tag)}."]
     for i, text in enumerate(comp.footnotes, 1):
-        out.append(f"<sup>{i}</sup> {text}.  ")
+        out += ["", f"<sup>{i}</sup> {text}."]
     for note in comp.notes:
-        out.append(f"{note}  ")
+        out += ["", note]
     if comp.summary:
         out += ["", "Published averages (over the paper's eight benchmarks, not the columns above):", ""]
         out += [f"- {s}" for s in comp.summary]
@@ -660,15 +663,16 @@ def plot_radar(comp: Comparison, path: str, budget: float | None = None) -> bool
     fig, ax = polar_figure()
     angles = [2 * math.pi * i / len(used) for i in range(len(used))]
     for label, vals in values.items():
-        ax.plot([*angles, angles[0]], [*vals, vals[0]], linewidth=1.5, label=label)
-        ax.fill([*angles, angles[0]], [*vals, vals[0]], alpha=0.08)
+        radius = [RADAR_FLOOR + (1 - RADAR_FLOOR) * v for v in vals]  # the lowest score on a ring, not a point
+        ax.plot([*angles, angles[0]], [*radius, radius[0]], linewidth=1.5, marker="o", markersize=3, label=label)
+        ax.fill([*angles, angles[0]], [*radius, radius[0]], alpha=0.08)
     ax.set_xticks(angles)
     ax.set_xticklabels([MD_NAMES.get(b, b) for b in used])
     ax.set_ylim(0, 1.05)
-    ax.set_rorigin(-0.25)  # the lowest score sits on a ring, not at the centre
+    ax.set_yticks([RADAR_FLOOR, 1.0])
     ax.set_yticklabels([])
     ax.set_title(f"{_tokens(at)} tokens: min-max normalised scores", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.35, 1.1))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=min(len(values), 4))
     save(fig, path)
     return True
 
