@@ -716,6 +716,8 @@ def write_comparison(comp: Comparison, out_dir: str, radar_budget: float | None 
     """comparison.md / .tex / .csv and the two figures into ``out_dir``; the paths written."""
     from entropyprune.files import atomic_file
 
+    if radar_budget is not None:
+        radar_rows(comp, radar_budget)  # a budget without runs is refused before anything is written
     os.makedirs(out_dir, exist_ok=True)
     paths: dict[str, str | None] = {}
     for ext, text in (("md", render_markdown(comp)), ("tex", render_latex(comp)), ("csv", render_csv(comp))):

@@ -1,6 +1,7 @@
 """Run records -> tables and a figure of score by pruning layer and method (paper Figure 5).
 
     entropyprune report results [--out DIR] [--match 'llava-v1.5-7b-layersweep-*'] [--benchmark mme]
+    entropyprune report results --table comparison [--published]   (paper Table 1: entropyprune.comparison)
 
 Reads the records the benchmark scripts write, ``RESULTS_DIR/<benchmark>/<run>.json`` with the fields
 ``model, benchmark, method, layer, keep, avg_tokens, scores{...}``, and writes one markdown table per

@@ -343,6 +343,10 @@ def test_radar_budget_and_figures_need_enough_data(results, tmp_path, capsys):
     assert "radar chart: needs" in capsys.readouterr().err
     with pytest.raises(C.ComparisonError, match="--radar-budget 100: no runs at that budget"):
         C.radar_rows(comp, 100)
+    out = tmp_path / "out"
+    assert cli.main(["report", str(results), "--table", "comparison", "--radar-budget", "100", "--out", str(out)]) == 2
+    assert "error: --radar-budget 100: no runs at that budget (budgets: 192, 128)" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_no_records_is_one_error(tmp_path, capsys):
