@@ -24,6 +24,16 @@ def panels_figure(panels: int):
     return fig, fig.subplots(1, panels, squeeze=False)[0]
 
 
+def polar_figure(size: tuple[float, float] = (6.0, 5.0)):
+    """A figure with one polar axes (the radar chart): ``(figure, axes)``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(projection="polar")
+
+
 def save(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)

@@ -1,6 +1,7 @@
 """Run records -> tables and a figure of score by pruning layer and method (paper Figure 5).
 
     entropyprune report results [--out DIR] [--match 'llava-v1.5-7b-layersweep-*'] [--benchmark mme]
+    entropyprune report results --table comparison [--published]   (paper Table 1: entropyprune.comparison)
 
 Reads the records the benchmark scripts write, ``RESULTS_DIR/<benchmark>/<run>.json`` with the fields
 ``model, benchmark, method, layer, keep, avg_tokens, scores{...}``, and writes one markdown table per
@@ -26,7 +27,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from entropyprune.figures import panels_figure, save
@@ -87,6 +88,7 @@ class Record:
     fields: dict[str, Any]
     scores: dict[str, float]  # normalised name -> value
     mtime: float
+    data: dict[str, Any] = field(default_factory=dict)  # the whole record, as read
 
 
 def _number(value: Any) -> float | None:
@@ -125,7 +127,7 @@ def _parse_record(path: str, data: Any, folder_benchmark: str | None) -> Record 
     fields["budget"] = _budget_label(data)
     run = os.path.splitext(os.path.basename(path))[0]
     return Record(path, run, benchmark_key(bench), None if unpruned else str(method),
-                  None if unpruned else layer, fields, scores, os.path.getmtime(path))
+                  None if unpruned else layer, fields, scores, os.path.getmtime(path), data)
 
 
 def _budget_label(data: dict) -> str | None:
@@ -341,18 +343,55 @@ def build_report(results_dir: str, out_dir: str | None = None, match: str | None
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder with <benchmark>/<run>.json records")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="where report.md and report.png go (default: RESULTS_DIR)")
+                   help="where the report files go (default: RESULTS_DIR)")
     p.add_argument("--match", default=None, metavar="GLOB",
                    help="only runs whose name (file name without .json) matches, e.g. 'llava-v1.5-7b-layersweep-*'")
     p.add_argument("--benchmark", action="append", metavar="NAME", help="only this benchmark (repeatable)")
+    p.add_argument("--table", choices=("layers", "comparison", "all"), default="layers",
+                   help="layers (default): score by pruning layer, report.md/.png (paper Fig. 5); comparison: "
+                        "methods by budget on every benchmark with Acc. and Rel. (paper Table 1), comparison.md/"
+                        ".tex/.csv and comparison_radar.png (Fig. 1b) / comparison_acc_tokens.png; all: both")
+    g = p.add_argument_group("comparison table (--table comparison or all)")
+    g.add_argument("--mme", choices=("total", "perception"), default="total",
+                   help="MME score of the table and how it enters Acc.: total = perception + cognition, / 2800 "
+                        "(default, as the paper's 1862); perception, / 2000")
+    g.add_argument("--rel", choices=("mean-ratio", "acc-ratio"), default="mean-ratio",
+                   help="Rel.: mean over benchmarks of score / upper bound (default), or Acc. / upper bound's Acc.")
+    g.add_argument("--published", action="store_true",
+                   help="show the published LLaVA-1.5-7B numbers (entropyprune/published.py) beside ours, marked †; "
+                        "only when the records' checkpoint is llava-v1.5-7b")
+    g.add_argument("--published-force", action="store_true",
+                   help="with --published: show them whatever the records' checkpoint is called")
+    g.add_argument("--rank-published", action="store_true",
+                   help="rank published rows with ours for bold / underline (default: ours only)")
+    g.add_argument("--allow-mixed", action="store_true",
+                   help="include records that disagree (checkpoint, commit, scorer, incomplete), footnoted, "
+                        "instead of refusing them")
+    g.add_argument("--radar-budget", type=float, default=None, metavar="TOKENS",
+                   help="budget of the radar chart (default: the largest pruned budget)")
 
 
 def main_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    try:
-        rep = build_report(args.results_dir, args.out, args.match, args.benchmark)
-    except FileNotFoundError as err:
-        parser.error(str(err))
-    print(rep["markdown"])
-    written = [rep["report_md"]] + ([rep["report_png"]] if rep["report_png"] else [])
-    print(f"wrote {', '.join(written)}", file=sys.stderr)
+    from entropyprune import comparison as C
+
+    table = getattr(args, "table", "layers")
+    if table in ("layers", "all"):
+        try:
+            rep = build_report(args.results_dir, args.out, args.match, args.benchmark)
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        print(rep["markdown"])
+        written = [rep["report_md"]] + ([rep["report_png"]] if rep["report_png"] else [])
+        print(f"wrote {', '.join(written)}", file=sys.stderr)
+    if table in ("comparison", "all"):
+        try:
+            records = load_records(args.results_dir, args.match, args.benchmark)
+        except FileNotFoundError as err:
+            parser.error(str(err))
+        comp = C.build_comparison(records, mme=args.mme, rel_mode=args.rel, published=args.published,
+                                  published_force=args.published_force, rank_published=args.rank_published,
+                                  allow_mixed=args.allow_mixed)
+        paths = C.write_comparison(comp, args.out or args.results_dir, args.radar_budget)
+        print(C.render_markdown(comp))
+        print(f"wrote {', '.join(p for p in paths.values() if p)}", file=sys.stderr)
     return 0

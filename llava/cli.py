@@ -6,7 +6,7 @@ entropyprune.report).
 
     entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
     entropyprune ecl --model-path CKPT --question-file Q.jsonl --image-folder DIR --samples 64 --out DIR
-    entropyprune report results [--out DIR]
+    entropyprune report results [--out DIR] [--table layers|comparison|all]
 """
 
 from __future__ import annotations
@@ -325,7 +325,8 @@ COMMANDS: dict[str, Command] = {
         run=E.cmd_ecl,
     ),
     "report": Command(
-        help="results/<benchmark>/*.json -> score-by-layer tables and figure (paper Fig. 5)",
+        help="results/<benchmark>/*.json -> score-by-layer tables (paper Fig. 5) or, with --table comparison, "
+             "methods by budget with Acc./Rel. (Table 1) and the radar chart (Fig. 1b)",
         add_arguments=R.add_arguments,
         run=R.main_report,
     ),

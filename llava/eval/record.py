@@ -17,6 +17,8 @@ drivers), the scores from the scorer's JSON summary (never from its printed line
   submission
   generation (conv_mode, temperature, top_p, num_beams, max_new_tokens), device, dtype
   wall_time_s, version, git_commit, git_dirty, created
+  scorer ({"module": the scorer's module, "sha256": a hash of its source and the llava.eval modules it
+  imports}, so that records scored by different scoring code can be told apart)
 
 Prints the scores as a table and the record's path.
 """
@@ -24,6 +26,7 @@ Prints the scores as a table and the record's path.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import subprocess
@@ -65,6 +68,43 @@ _OVERALL = {
              {"per_split": "split_", "per_discipline": "", "per_subject": ""}),
 }
 _GROUP_VALUE = ("accuracy", "score", "f1")
+
+# benchmark -> the llava.eval module that scores it
+SCORERS = {"mme": "eval_mme", "textvqa": "eval_textvqa", "sqa": "eval_science_qa", "mmbench": "eval_mmbench",
+           "mmbench_cn": "eval_mmbench", "mmvet": "eval_mmvet", "gqa": "eval_gqa", "pope": "eval_pope",
+           "mmstar": "eval_mmstar", "ai2d": "eval_ai2d", "ocrbench": "eval_ocrbench", "mmmu": "eval_mmmu"}
+_EVAL_DIR = os.path.dirname(os.path.abspath(__file__))
+_IMPORT = re.compile(r"^\s*from\s+llava\.eval(?:\.(\w+))?\s+import\s+(\([^)]*\)|[^\n]+)", re.MULTILINE)
+
+
+def scorer_identity(benchmark: str, eval_dir: str = _EVAL_DIR) -> dict | None:
+    """``{"module", "sha256"}`` of the benchmark's scorer: a hash over its source file and every llava.eval
+    module it imports, directly or not (16 hex digits). Two records with the same hash were scored by
+    the same code, whatever commit they were written at."""
+    name = SCORERS.get(benchmark)
+    if name is None:
+        return None
+    seen: set[str] = set()
+    todo = [name]
+    while todo:
+        mod = todo.pop()
+        path = os.path.join(eval_dir, f"{mod}.py")
+        if mod in seen or not os.path.isfile(path):
+            continue
+        seen.add(mod)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for sub, names in _IMPORT.findall(text):
+            if sub:
+                todo.append(sub)
+            else:  # `from llava.eval import a, b`: the package itself, and any of a, b that is a module
+                todo.append("__init__")
+                todo += re.findall(r"\w+", names)
+    digest = hashlib.sha256()
+    for mod in sorted(seen):
+        with open(os.path.join(eval_dir, f"{mod}.py"), "rb") as f:
+            digest.update(mod.encode() + b"\0" + f.read() + b"\0")
+    return {"module": f"llava.eval.{name}", "sha256": digest.hexdigest()[:16]}
 
 
 def package_version() -> str:
@@ -252,6 +292,7 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         "version": package_version(),
         "git_commit": commit,
         "git_dirty": dirty,
+        "scorer": scorer_identity(benchmark),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
