@@ -324,6 +324,9 @@ def build_report(results_dir: str, out_dir: str | None = None, match: str | None
     """Read the records, write ``report.md`` and ``report.png`` into ``out_dir`` (default: results_dir)."""
     records = load_records(results_dir, match, benchmarks)
     tables = build_tables(records)
+    if not tables:  # an empty report.md would read as "ran, nothing to show"; the warnings above say why
+        raise ValueError(f"no run records to report in {results_dir} (<benchmark>/<run>.json"
+                         + (f" matching {match!r}" if match else "") + ")")
     markdown = render_markdown(tables)
     out_dir = out_dir or results_dir
     os.makedirs(out_dir, exist_ok=True)
