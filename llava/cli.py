@@ -350,7 +350,7 @@ def _main(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The ``entropyprune`` console script: bad input is one ``error:`` line and exit status 2."""
-    return call_cli(_main, argv)
+    return call_cli(_main, argv, exit_on_interrupt=argv is None)  # in-process callers get the status back
 
 
 if __name__ == "__main__":

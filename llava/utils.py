@@ -10,6 +10,7 @@ memory (exit status 2, with what to lower). Standard library only, so scorers st
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -44,7 +45,8 @@ def describe(err: BaseException) -> str:
     return " ".join(text.split("\n"))  # one line, whatever the message held
 
 
-def call_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
+def call_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None,
+             exit_on_interrupt: bool = False) -> int:
     """Run ``main(argv)`` and return its exit status: its int return value (0 for anything else), or 2
     after printing one ``error:`` line when it raised an input error."""
     try:
@@ -57,8 +59,12 @@ def call_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     except KeyboardInterrupt:
         if os.environ.get("ENTROPYPRUNE_DEBUG"):
             raise
+        if exit_on_interrupt:
+            gc.disable()  # no finalizer of the interrupted run's objects may run now (see leave_now)
         # What was written is on disk (answers are fsync'd one by one); a rerun picks it up.
         print("error: interrupted; what was finished is kept: rerun the same command to resume", file=sys.stderr)
+        if exit_on_interrupt:  # here, while the interrupted frames (and the model in them) are still alive
+            leave_now(INTERRUPTED_EXIT)
         return INTERRUPTED_EXIT
     except RuntimeError as err:
         if type(err).__name__ != "OutOfMemoryError":  # torch's, a RuntimeError: found by name, torch-free
@@ -73,4 +79,17 @@ def call_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
     """``python -m`` entry points: :func:`call_cli`, then exit with its status."""
-    raise SystemExit(call_cli(main, argv))
+    raise SystemExit(call_cli(main, argv, exit_on_interrupt=True))
+
+
+def leave_now(status: int) -> None:
+    """Exit at once after Ctrl-C, skipping the interpreter's shutdown, where tearing down torch while its
+    threads are busy can abort the process (status -6) after the message was printed. It still happens now
+    and then (a torch thread aborts first); nothing is lost either way: answers are fsync'd line by line,
+    records are renamed into place, and the OS releases the locks."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

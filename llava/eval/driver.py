@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -160,6 +161,8 @@ def _prefetch(items: list[Item], prepare: Callable[[Item], Any], depth: int = 2)
         return False
 
     def work() -> None:
+        # Ctrl-C is the main thread's business; a signal landing here, inside torch or PIL, can abort the process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             for item in items:
                 if not put((item, prepare(item), None)):
@@ -182,6 +185,9 @@ def _prefetch(items: list[Item], prepare: Callable[[Item], Any], depth: int = 2)
             yield item, prepared
     finally:
         stop.set()
+        # Wait for the item in hand: a worker still inside torch or PIL when the interpreter shuts down
+        # (Ctrl-C) aborts the process ("terminate called without an active exception") instead of exiting.
+        thread.join(timeout=60)
 
 
 def budget_info(prune, model) -> dict:
