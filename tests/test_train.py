@@ -368,7 +368,7 @@ def test_deepspeed_zero2_equals_plain_pytorch(base, data, tmp_path):
     try:
         import deepspeed  # noqa: F401
     except ImportError as err:
-        pytest.skip(f"DeepSpeed is not installed ({err}); scripts/gpu/checks.sh runs this path on a GPU")
+        pytest.skip(f"DeepSpeed is not installed ({err}); pip install -e '.[train]' to test ZeRO-2 on the CPU")
     common = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
               "--save_strategy", "no"]
     ds = _run_cli([sys.executable, "-m", "llava.train.train", "--deepspeed", "scripts/zero2.json",
