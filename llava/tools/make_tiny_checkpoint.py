@@ -1,6 +1,6 @@
 """Build a complete tiny LLaVA-1.5 checkpoint offline and deterministically.
 
-    python -m llava.tools.make_tiny_checkpoint --out checkpoints/llava-v1.5-tiny [--format llava|hf] [--seed 0]
+    python -m llava.tools.make_tiny_checkpoint --out checkpoints/llava-v1.5-tiny [--format llava|hf|llama] [--seed 0]
         [--absolute-tower-path]
 
 What it writes, in the real formats:
@@ -11,6 +11,10 @@ What it writes, in the real formats:
 - a real SentencePiece `tokenizer.model`, trained on the spot on prompt-like text;
 - random Llama weights (several heads, 4 layers), sharded safetensors with an index (or `.bin` shards);
 - config.json, generation_config.json, tokenizer_config.json, special_tokens_map.json.
+
+`--format llama` writes the plain language model instead (a Llama folder as lmsys/vicuna-7b-v1.5 is: no
+projector, no `mm_*` fields) with the tiny CLIP beside it in its folder: what LLaVA's training starts from
+(`python -m llava.train.train --model_name_or_path OUT --vision_tower OUT/clip-vit-tiny-patch14-336`).
 
 Random weights mean the answers are gibberish; the checkpoint exists to exercise every code path.
 The output is byte-for-byte the same for the same arguments, wherever it is written (unless
@@ -264,8 +268,8 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     survives copying the checkpoint. Official LLaVA resolves it against the working directory instead;
     `absolute_tower` writes the tower's absolute path for it (the checkpoint is then tied to `out`).
     """
-    if fmt not in ("llava", "hf"):
-        raise ValueError(f"--format must be 'llava' or 'hf', got {fmt!r}")
+    if fmt not in ("llava", "hf", "llama"):
+        raise ValueError(f"--format must be 'llava', 'hf' or 'llama', got {fmt!r}")
     os.makedirs(out, exist_ok=True)
     vocab = _train_tokenizer(out, seed)
     tower_dir = os.path.join(out, TOWER_DIR)
@@ -275,6 +279,13 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     sd = _random_llava_state(text, TINY_VISION["hidden_size"], seed)
     _write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048})
+    if fmt == "llama":
+        # The language model alone, in transformers' Llama layout: the projector is what stage 1 trains.
+        config = {"_name_or_path": "llama-tiny", "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                  **text, "torch_dtype": "float32"}
+        _write_json(os.path.join(out, "config.json"), config)
+        _save_sharded({k: t for k, t in sd.items() if not k.startswith("model.mm_projector.")}, out, weights)
+        return out
     if fmt == "llava":
         config = {
             # A fixed name, not the output folder's, so that the bytes do not depend on where it is built.
@@ -318,7 +329,8 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="checkpoint folder to write")
-    ap.add_argument("--format", default="llava", choices=["llava", "hf"])
+    ap.add_argument("--format", default="llava", choices=["llava", "hf", "llama"],
+                    help="llava / hf: a LLaVA-1.5 checkpoint; llama: the language model alone, for training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default="safetensors", choices=["safetensors", "bin"])
     ap.add_argument("--hf-layout", default="new", choices=["new", "old"],

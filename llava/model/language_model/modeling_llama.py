@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 try:  # optional: the `flash` extra
@@ -229,7 +230,8 @@ class LlamaAttention(nn.Module):
         if capture is not None:
             # The pruning hook scores tokens from these post-RoPE states; no second pass is needed.
             capture["query"], capture["key"] = q, k
-        k_all, v_all = cache.update(self.layer_idx, ctx.start, k, v)
+        # Without a cache (a training forward under gradient checkpointing) the keys are this call's own.
+        k_all, v_all = (k, v) if cache is None else cache.update(self.layer_idx, ctx.start, k, v)
         out = self._attend(q, k_all, v_all, ctx)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -298,6 +300,7 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = LlamaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(config.head_dim, config.rope_theta, config.rope_scaling)
+        self.gradient_checkpointing = False  # training: recompute each layer in the backward pass
 
     def set_attn_implementation(self, impl: str) -> None:
         if impl not in ATTN_IMPLEMENTATIONS:
@@ -381,6 +384,11 @@ class LlamaModel(nn.Module):
             elif ctx is None or cache.segment_of_layer[i] != ctx.segment:
                 ctx = self._context(cache, cache.segment_of_layer[i], new_valid, position_ids, x.dtype)
             wants_states = observe_states is not None or (i + 1) in stages
+            if (self.gradient_checkpointing and self.training and torch.is_grad_enabled() and not wants_states
+                    and ctx.start == 0):
+                # A training prefill writes nothing the backward pass needs into the cache: skip it there.
+                x = torch.utils.checkpoint.checkpoint(layer, x, ctx, None, None, use_reentrant=False)
+                continue
             x = layer(x, ctx, cache, capture if wants_states else None)
             if observe_states is not None:
                 observe_states(i, capture["query"], capture["key"])

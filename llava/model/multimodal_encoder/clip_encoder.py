@@ -113,10 +113,12 @@ class CLIPVisionTower(nn.Module):
         feats = hidden_states[self.select_layer]
         return feats[:, 1:] if self.select_feature == "patch" else feats
 
-    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
-        return self.feature_select(out.hidden_states).to(images.dtype)
+        # No autograd graph through a frozen tower; a tower unfrozen for training (unfreeze_mm_vision_tower) gets one.
+        trainable = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_tower.parameters())
+        with torch.set_grad_enabled(trainable):
+            out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+            return self.feature_select(out.hidden_states).to(images.dtype)
 
     @torch.no_grad()
     def hidden_states(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
