@@ -10,7 +10,6 @@ memory (exit status 2, with what to lower). Standard library only, so scorers st
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import sys
 from collections.abc import Callable
@@ -59,8 +58,6 @@ def call_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = N
     except KeyboardInterrupt:
         if os.environ.get("ENTROPYPRUNE_DEBUG"):
             raise
-        if exit_on_interrupt:
-            gc.disable()  # no finalizer of the interrupted run's objects may run now (see leave_now)
         # What was written is on disk (answers are fsync'd one by one); a rerun picks it up.
         print("error: interrupted; what was finished is kept: rerun the same command to resume", file=sys.stderr)
         if exit_on_interrupt:  # here, while the interrupted frames (and the model in them) are still alive
