@@ -299,3 +299,148 @@ def test_conversation_templates_as_llava():
     assert infer_conv_mode("llava-v1.6-mistral-7b") == "mistral_instruct"
     assert infer_conv_mode("llava-v1.6-34b") == "chatml_direct"
     assert infer_conv_mode("llava-v1.6-vicuna-7b") == "llava_v1"
+
+
+# -- pruning inside the language model, images of different V in one padded batch ---------------------------
+
+NEXT_CONFIGS = {  # fits the tiny LLaVA-1.6 model: 4 layers, V = 74 / 78 / 90 for the three images below
+    "entropy": dict(layer=2, ratio=0.25),
+    "random": dict(layer=2, keep=30),
+    "fastv": dict(layer=2, keep=30),
+    "pdrop": dict(ratio=0.5, options={"layer_list": "1,2,3"}),
+    "sparsevlm": dict(avg_tokens=40, options={"pruning_loc": "0,1,2", "token_list": "40,20,10"}),
+    "dart": dict(layer=2, keep=30),
+}
+BATCH_SIZES = [(300, 20), (64, 64), (20, 300)]
+
+
+def test_every_in_llm_method_has_a_next_configuration():
+    from entropyprune.methods import METHODS, method_stage
+
+    assert {n for n in METHODS if method_stage(n) == "llm"} <= set(NEXT_CONFIGS), "add the method to NEXT_CONFIGS"
+
+
+def _next_batch(tok, model, image_processor):
+    images = [_image(s, seed=5) for s in BATCH_SIZES]
+    questions = ["What is in the image?", "Describe it in detail, please.", "Colour?"]
+    ids = [tokenizer_image_token(f"USER: <image>\n{q} ASSISTANT:", tok, IMAGE_TOKEN_INDEX, return_tensors="pt")
+           for q in questions]
+    width = max(i.numel() for i in ids)
+    batch = torch.zeros(len(ids), width, dtype=torch.long)
+    mask = torch.zeros(len(ids), width, dtype=torch.long)
+    for b, row in enumerate(ids):
+        batch[b, : row.numel()], mask[b, : row.numel()] = row, 1
+    return ids, batch, mask, process_images(images, image_processor, model.config), [im.size for im in images]
+
+
+def _kept(trace):
+    return [[[rec.kept.tolist() for rec in stages] for stages in row] for row in trace]
+
+
+@pytest.mark.parametrize("keep_newlines", [False, True], ids=["newlines-prunable", "keep-newlines"])
+@pytest.mark.parametrize("name", sorted(NEXT_CONFIGS))
+def test_in_llm_methods_on_mixed_shapes_equal_each_row_alone(ours, name, keep_newlines):
+    tok, model, image_processor, _ = ours["llava"]
+    if keep_newlines and name == "sparsevlm":
+        model.set_prune(PruneConfigFor(name, keep_newlines=True))
+        ids, batch, mask, pixels, sizes = _next_batch(tok, model, image_processor)
+        with pytest.raises(NotImplementedError, match=r"^--prune-keep-newlines is not supported with 'sparsevlm'"):
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=2)
+        model.set_prune(None)
+        return
+    model.set_prune(PruneConfigFor(name, keep_newlines=keep_newlines))
+    try:
+        ids, batch, mask, pixels, sizes = _next_batch(tok, model, image_processor)
+        with torch.no_grad():
+            together = model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=4)
+            trace = _kept(model.get_model().prune_trace)
+            for b in range(len(ids)):
+                alone = model.generate(ids[b][None], images=[pixels[b]], image_sizes=[sizes[b]], max_new_tokens=4)
+                assert together[b, : alone.shape[1]].tolist() == alone[0].tolist(), (name, b)
+                assert _kept(model.get_model().prune_trace)[0] == trace[b], (name, b)
+    finally:
+        model.set_prune(None)
+
+
+def PruneConfigFor(name, **extra):  # noqa: N802  (reads as the config it builds)
+    from entropyprune import PruneConfig
+
+    return PruneConfig(method=name, **NEXT_CONFIGS[name], **extra)
+
+
+def test_budget_follows_each_images_own_v_and_keep_newlines_keeps_them(ours):
+    tok, model, image_processor, _ = ours["llava"]
+    ids, batch, mask, pixels, sizes = _next_batch(tok, model, image_processor)
+    sp = model.splice_multimodal(batch, pixels, attention_mask=mask, image_sizes=sizes)
+    assert [row[0][1] for row in sp.image_spans] == [74, 78, 90]
+    newlines = [row[0].newline.nonzero()[:, 0].tolist() for row in sp.image_layouts]
+    assert [len(n) for n in newlines] == [2, 6, 18]  # grids 2x18, 6x6 (1x2 crops), 18x2: 72 other tokens each
+    try:
+        # ratio 0.25 of each image's own V, halves rounded up: 74 -> 18.5 -> 19, 78 -> 19.5 -> 20, 90 -> 22.5 -> 23
+        model.set_prune(PruneConfigFor("entropy"))
+        with torch.no_grad():
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=1)
+        assert [len(row[0][-1].kept) for row in model.get_model().prune_trace] == [19, 20, 23]
+        # keep_newlines: the budget is 0.25 of the 72 others (18), and every newline stays
+        model.set_prune(PruneConfigFor("entropy", keep_newlines=True))
+        with torch.no_grad():
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=1)
+        kept = [row[0][-1].kept.tolist() for row in model.get_model().prune_trace]
+        assert [len(k) for k in kept] == [18 + 2, 18 + 6, 18 + 18]
+        assert all(set(n) <= set(k) and k == sorted(k) for n, k in zip(newlines, kept, strict=True))
+        # multi-stage (PDrop): the newlines survive every stage
+        model.set_prune(PruneConfigFor("pdrop", keep_newlines=True))
+        with torch.no_grad():
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=1)
+        for n, row in zip(newlines, model.get_model().prune_trace, strict=True):
+            assert len(row[0]) == 3 and all(set(n) <= set(rec.kept.tolist()) for rec in row[0])
+    finally:
+        model.set_prune(None)
+
+
+def test_keep_newlines_flag():
+    import argparse
+
+    from llava.eval.prune_args import add_prune_args, prune_config_from_args
+
+    ap = argparse.ArgumentParser()
+    add_prune_args(ap)
+    cfg = prune_config_from_args(ap.parse_args(["--prune-method", "entropy", "--prune-keep", "9",
+                                                "--prune-keep-newlines"]))
+    assert cfg.keep_newlines and cfg.to_dict()["keep_newlines"] is True
+    assert "keep_newlines" not in prune_config_from_args(ap.parse_args(["--prune-method", "entropy",
+                                                                       "--prune-keep", "9"])).to_dict()
+    with pytest.raises(ValueError, match=r"^--prune-keep-newlines needs --prune-method"):
+        prune_config_from_args(ap.parse_args(["--prune-keep-newlines"]))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from llava.tools import make_demo_data
+
+    root = str(tmp_path_factory.mktemp("eval"))
+    make_demo_data.build(root, seed=0, mme_images=1)
+    return root
+
+
+def test_driver_batches_llava_next_images_as_single_rows(ours, next_ckpts, demo, tmp_path):
+    """model_vqa_loader on a LLaVA-1.6 checkpoint: images of different shapes batched (views kept per image,
+    image_sizes passed) answer as at batch size 1, with pruning on as well."""
+    from llava.eval import model_vqa_loader
+
+    def run(name, *extra):
+        answers = tmp_path / f"{name}.jsonl"
+        model_vqa_loader.main(["--model-path", next_ckpts["llava"], "--question-file",
+                               os.path.join(demo, "MME/llava_mme.jsonl"), "--image-folder",
+                               os.path.join(demo, "MME/MME_Benchmark_release_version"), "--answers-file", str(answers),
+                               "--temperature", "0", "--conv-mode", "vicuna_v1", "--max-new-tokens", "3", *extra],
+                              loaded=ours["llava"])
+        with open(answers, encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in f]
+
+    assert run("b1") == run("b4", "--batch-size", "4")
+    prune = ("--prune-method", "entropy", "--prune-ratio", "0.3", "--prune-keep-newlines")
+    try:
+        assert run("p1", *prune) == run("p4", *prune, "--batch-size", "4")
+    finally:
+        ours["llava"][1].set_prune(None)

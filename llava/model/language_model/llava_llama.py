@@ -70,7 +70,15 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             from entropyprune.hook import check_prune_config
 
             tower = self.get_vision_tower()
-            check_prune_config(cfg, self.config, tower.num_patches if tower is not None else None)
+            visual = tower.num_patches if tower is not None else None
+            if tower is not None and getattr(self.config, "image_aspect_ratio", None) == "anyres":
+                # V varies per image (each is budgeted by its own V at run time); checked here for a square
+                # image of the tower's size
+                from llava.anyres import anyres_num_tokens
+
+                side = tower.config.image_size
+                visual = anyres_num_tokens((side, side), self.config, tower.num_patches_per_side, side)
+            check_prune_config(cfg, self.config, visual)
             if cfg.stage == "vision" and self.multi_view:
                 raise ValueError(f"--prune-method {cfg.method!r} prunes in the vision tower, which is not supported "
                                  "for LLaVA-1.6 (anyres) checkpoints; use a language-model method (e.g. "
