@@ -444,3 +444,16 @@ def test_driver_batches_llava_next_images_as_single_rows(ours, next_ckpts, demo,
         assert run("p1", *prune) == run("p4", *prune, "--batch-size", "4")
     finally:
         ours["llava"][1].set_prune(None)
+
+
+def test_config_round_trips_through_llava_layout(next_ckpts, tiny_llava):
+    from llava.model.language_model.configuration_llava import LlavaConfig
+
+    for path in (next_ckpts["llava"], next_ckpts["llava_mistral"], next_ckpts["hf"]):
+        cfg = LlavaConfig.from_pretrained(path)
+        again = LlavaConfig.from_dict(cfg.to_dict())
+        assert (again.image_grid_pinpoints, again.mm_patch_merge_type, again.sliding_window, again.rope_theta) == (
+            cfg.image_grid_pinpoints, cfg.mm_patch_merge_type, cfg.sliding_window, cfg.rope_theta)
+    assert LlavaConfig.from_pretrained(next_ckpts["hf"]).image_grid_pinpoints[0] == [168, 84]  # (h, w) swapped
+    written = LlavaConfig.from_pretrained(tiny_llava).to_dict()  # LLaVA-1.5: no LLaVA-1.6 keys appear
+    assert not {"image_grid_pinpoints", "mm_patch_merge_type", "sliding_window"} & set(written)

@@ -222,6 +222,14 @@ class LlavaConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name not in ("extra", "checkpoint_format", "attn_implementation", "vision_config",
                                  "image_token_index")}
+        # LLaVA-1.6's fields only when set, so a LLaVA-1.5 config is written as it always was (a Mistral one keeps
+        # its null window: without the key it would read as MistralConfig's default)
+        unset = {"image_grid_pinpoints": None, "mm_patch_merge_type": "flat"}
+        if self.extra.get("model_type") != "llava_mistral":
+            unset["sliding_window"] = None
+        for name, value in unset.items():
+            if out[name] == value:
+                del out[name]
         out.update(self.extra)
         out.setdefault("architectures", ["LlavaLlamaForCausalLM"])
         out.setdefault("model_type", "llava_llama")
