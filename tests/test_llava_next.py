@@ -457,3 +457,14 @@ def test_config_round_trips_through_llava_layout(next_ckpts, tiny_llava):
     assert LlavaConfig.from_pretrained(next_ckpts["hf"]).image_grid_pinpoints[0] == [168, 84]  # (h, w) swapped
     written = LlavaConfig.from_pretrained(tiny_llava).to_dict()  # LLaVA-1.5: no LLaVA-1.6 keys appear
     assert not {"image_grid_pinpoints", "mm_patch_merge_type", "sliding_window"} & set(written)
+
+
+def test_ecl_capture_reads_an_anyres_image(ours):
+    from llava.tools.ecl.capture import layer_states
+
+    tok, model, image_processor, _ = ours["hf"]
+    image = _image((300, 20))
+    ids = tokenizer_image_token(PROMPT, tok, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+    states, (_start, v) = layer_states(model, ids, process_images([image], image_processor, model.config),
+                                       ("query",), image_sizes=[image.size])
+    assert v == 74 and len(states["query"]) == 4 and states["query"][0].shape[0] == 74
