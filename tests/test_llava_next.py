@@ -54,6 +54,18 @@ def _reference(path, swap=False):
     return ref, LlavaNextImageProcessorPil.from_pretrained(path, **kwargs)
 
 
+def _processor_count(path, image_processor, image):
+    """How many <image> tokens transformers' LlavaNextProcessor expands the marker to (its own formula)."""
+    from transformers import AutoTokenizer, LlavaNextProcessor
+
+    tok = AutoTokenizer.from_pretrained(path)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                                   vision_feature_select_strategy="default", image_token="<image>",
+                                   num_additional_image_tokens=1)
+    out = processor(images=[image], text=["USER: <image>\nhi ASSISTANT:"], return_tensors="pt")
+    return int((out["input_ids"] == tok.convert_tokens_to_ids("<image>")).sum())
+
+
 @pytest.fixture(scope="module")
 def reference(next_ckpts):
     return _reference(next_ckpts["hf"])
@@ -99,7 +111,7 @@ def test_pixels_tokens_logits_and_greedy_equal_transformers(reference, llava_ord
 
     sp = model.splice_multimodal(ids[None], pixels, image_sizes=[image.size])
     (start, v), = sp.image_spans[0]
-    assert v == n_ref
+    assert v == n_ref == _processor_count(ref.config._name_or_path, proc, image)
     from llava.anyres import anyres_num_tokens
     tower = model.get_vision_tower()
     assert anyres_num_tokens(image.size, model.config, tower.num_patches_per_side, tower.config.image_size) == n_ref
