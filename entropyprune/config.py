@@ -24,6 +24,7 @@ FLAGS = {
     "variant": "--entropy-variant",
     "seed": "--prune-seed",
     "options": "--prune-option",
+    "keep_newlines": "--prune-keep-newlines",
 }
 
 _BUDGETS = budget.BUDGETS
@@ -65,6 +66,10 @@ class PruneConfig:
     variant: str = "official"
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    # LLaVA-1.6: always keep the image_newline tokens of an image's crop grid; the budget then applies to its
+    # other tokens (V minus its newlines). False (the default, as the paper's release and DART): newline
+    # tokens are visual tokens like any other.
+    keep_newlines: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -107,6 +112,9 @@ class PruneConfig:
             )
         if not _is_int(self.seed):
             raise ValueError(f"{FLAGS['seed']} must be an integer, got {self.seed!r}")
+        if not isinstance(self.keep_newlines, bool):
+            raise ValueError(f"keep_newlines ({FLAGS['keep_newlines']}) must be true or false, "
+                             f"got {self.keep_newlines!r}")
         if self.layer != AUTO_LAYER and self.layer != 0 and spec.stages == ("vision",):
             raise ValueError(
                 f"{FLAGS['layer']} must be 0 for {self.method!r}, which prunes before the language model; "
@@ -197,6 +205,8 @@ class PruneConfig:
         out = asdict(self)
         if not out["options"]:
             del out["options"]  # methods without options keep the records they always had
+        if not out["keep_newlines"]:
+            del out["keep_newlines"]  # idem: the default leaves earlier records as they were
         return out
 
 

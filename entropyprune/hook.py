@@ -8,7 +8,12 @@ images with the same token count), gather the kept hidden states and their posit
 replacement or merged embeddings. No host-device synchronisation happens there.
 
 Only visual tokens are pruned; system and text tokens always stay, in their original order. Each image is
-pruned on its own. Rows keep the padding side of the splice (left for generation). Kept tokens keep their
+pruned on its own, with the budget of its own token count V (LLaVA-1.6 images of different shapes have
+different V). LLaVA-1.6's image_newline tokens are visual tokens like the others, unless
+``PruneConfig.keep_newlines``: then the method sees and budgets only an image's other tokens (V minus its
+newlines) and every newline stays, in its place in slot order.
+
+Rows keep the padding side of the splice (left for generation). Kept tokens keep their
 original (gapped) position ids, or, for methods whose official code renumbers (PDrop, SparseVLM), get
 contiguous ones; then every later layer's cache remembers the offset, so decoding continues as the
 official code does.
@@ -60,6 +65,13 @@ class _Group:
     stages: list  # [Stage]
     original: list = field(default_factory=list)  # per stage: [I, v] device tensor of original indices
     first: torch.Tensor | None = None  # [I] host: each image's first slot in the splice (input_embeds)
+    newlines: int = 0  # keep_newlines: image_newline tokens each member keeps on top of its stages' budget
+    newline_spans: list = field(default_factory=list)  # keep_newlines: per member, newline offsets in its span
+    newline_pos: list = field(default_factory=list)  # per stage: [I, newlines] device positions after it
+
+    def out(self, s: int) -> int:
+        """Tokens each member holds after stage `s` (newlines kept on top of the stage's output)."""
+        return self.stages[s].out + self.newlines
 
 
 @dataclass
@@ -93,13 +105,19 @@ class PruneHook:
         prompt_lengths = getattr(splice, "prompt_lengths", None) or splice.lengths
         tails = [n - p for n, p in zip(splice.lengths, prompt_lengths, strict=True)]  # generated tokens after
 
-        # Groups of images by original size, each with its schedule.
-        by_size: dict[int, _Group] = {}
+        # Groups of images by original size (and, keeping newlines, their number), each with its schedule.
+        layouts = getattr(splice, "image_layouts", None)
+        keep_newlines = getattr(cfg, "keep_newlines", False)
+        by_size: dict[tuple[int, int], _Group] = {}
         for b, spans in enumerate(splice.image_spans):
             for j, (_start, v) in enumerate(spans):
-                if v not in by_size:
-                    by_size[v] = _Group([], cfg.schedule(num_layers, v))
-                by_size[v].members.append((b, j))
+                layout = layouts[b][j] if layouts and j < len(layouts[b]) else None
+                n_nl = layout.num_newlines if keep_newlines and layout is not None else 0
+                if (v, n_nl) not in by_size:
+                    by_size[(v, n_nl)] = _Group([], cfg.schedule(num_layers, v - n_nl), newlines=n_nl)
+                by_size[(v, n_nl)].members.append((b, j))
+                if n_nl:
+                    by_size[(v, n_nl)].newline_spans.append(layout.newline.nonzero()[:, 0])
         self.groups = list(by_size.values())
         for g in self.groups:
             g.first = _host([splice.image_spans[b][j][0] for b, j in g.members])
@@ -134,7 +152,7 @@ class PruneHook:
             lengths = [sum(p[-1] for p in pieces) for pieces in rows]
             last = [cur_shift[b] + lengths[b] - 1 - tails[b] for b in range(len(rows))]
             text_slots, text_mask = self._text_slots(rows, cur_shift, tails)
-            new_rows = [[p[:-1] + [self.groups[p[1]].stages[s].out] if p[0] == "image" else list(p) for p in pieces]
+            new_rows = [[p[:-1] + [self.groups[p[1]].out(s)] if p[0] == "image" else list(p) for p in pieces]
                         for pieces in rows]
             new_lengths = [sum(p[-1] for p in pieces) for pieces in new_rows]
             new_t = max(new_lengths)
@@ -224,23 +242,50 @@ class PruneHook:
         work = []
         for g, (rows, cur_first, new_first) in zip(self.groups, plan.groups, strict=True):
             stage = g.stages[s]
-            v = (g.stages[s - 1].out if s else self.image_spans[g.members[0][0]][g.members[0][1]][1])
+            v = (g.out(s - 1) if s else self.image_spans[g.members[0][0]][g.members[0][1]][1])
             rows, cur_first, new_first = dev(rows), dev(cur_first), dev(new_first)
-            slots = cur_first[:, None] + torch.arange(v, device=device)[None]
+            positions = torch.arange(v, device=device)[None].expand(len(g.members), -1)
             if s == 0:
-                original = torch.arange(v, device=device)[None].expand(len(g.members), -1)
+                original = positions
             else:
                 original = g.original[s - 1]
+            newline_pos = candidates = None
+            if g.newlines:  # the method sees the other tokens only: their positions, in slot order
+                newline_pos = dev(torch.stack(g.newline_spans)) if s == 0 else g.newline_pos[s - 1]
+                is_newline = torch.zeros(len(g.members), v, dtype=torch.long, device=device).scatter_(1, newline_pos, 1)
+                candidates = is_newline.sort(dim=1, stable=True).indices[:, : v - g.newlines]
+                positions = candidates
             span = self.image_spans[g.members[0][0]][g.members[0][1]][1]
             original_slots = dev(g.first)[:, None] + torch.arange(span, device=device)[None]
-            inputs = PruneInputs(config=self.cfg, options=self.options, context=ctx, rows=rows, slots=slots,
-                                 original=original, original_slots=original_slots)
+            inputs = PruneInputs(config=self.cfg, options=self.options, context=ctx, rows=rows,
+                                 slots=cur_first[:, None] + positions, original=original.gather(1, positions),
+                                 original_slots=original_slots)
             ctx.groups.append(inputs)
-            work.append((g, stage, rows, cur_first, new_first, inputs))
+            work.append((g, stage, rows, cur_first, new_first, inputs, original, candidates, newline_pos))
         writes = []
-        for g, stage, rows, cur_first, new_first, inputs in work:
+        for g, stage, rows, cur_first, new_first, inputs, original_all, candidates, newline_pos in work:
             sel = as_selection(self.method(inputs, stage.keep))
             kept = sel.kept
+            if g.newlines:
+                if sel.embeds is not None or stage.merged:
+                    raise NotImplementedError(f"--prune-keep-newlines is not supported with {self.cfg.method!r}, "
+                                              "which replaces or merges tokens; drop the flag")
+                # The kept tokens and every newline, back in slot order; where the newlines land is the next
+                # stage's newline_pos.
+                merged_pos, order = torch.cat([candidates.gather(1, kept), newline_pos], dim=1).sort(dim=1)
+                g.newline_pos[s:] = [order.argsort(dim=1)[:, stage.keep:]]
+                new_slots = new_first[:, None] + torch.arange(g.out(s), device=device)[None]
+                index[rows[:, None], new_slots] = cur_first[:, None] + merged_pos
+                original = original_all.gather(1, merged_pos)
+                if len(g.original) > s:
+                    g.original[s] = original
+                else:
+                    g.original.append(original)
+                for i, (b, j) in enumerate(g.members):
+                    self._records.setdefault((b, j), []).append(
+                        PruneRecord(layer, self.image_spans[b][j][0], self.image_spans[b][j][1], original[i],
+                                    sel.scores[i], 0))
+                continue
             new_slots = new_first[:, None] + torch.arange(stage.keep, device=device)[None]
             index[rows[:, None], new_slots] = cur_first[:, None] + kept
             if sel.embeds is not None:

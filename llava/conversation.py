@@ -77,7 +77,7 @@ class Conversation:
                 if not message:
                     continue
                 text = _text(message)
-                if i == 0:
+                if i == 0 and self.system:  # LLaVA wraps a non-empty system prompt only (mistral_instruct has none)
                     text = f"<<SYS>>\n{self.system}\n<</SYS>>\n\n" + text
                 if i % 2 == 0:
                     out += self.sep + f"[INST] {text} [/INST]"
@@ -176,6 +176,16 @@ conv_mpt = Conversation(
     roles=("<|im_start|>user\n", "<|im_start|>assistant\n"), messages=[], version="mpt",
     sep_style=SeparatorStyle.MPT, sep="<|im_end|>",
 )
+# LLaVA-1.6: llava-v1.6-mistral-7b (Llama-2 style turns, no system prompt) and llava-v1.6-34b (ChatML).
+conv_mistral_instruct = Conversation(
+    system="", roles=("USER", "ASSISTANT"), messages=[], version="llama_v2",
+    sep_style=SeparatorStyle.LLAMA_2, sep="", sep2="</s>",
+)
+conv_chatml_direct = Conversation(
+    system="<|im_start|>system\nAnswer the questions.",
+    roles=("<|im_start|>user\n", "<|im_start|>assistant\n"), messages=[], version="mpt",
+    sep_style=SeparatorStyle.MPT, sep="<|im_end|>",
+)
 conv_llava_plain = Conversation(
     system="", roles=("", ""), messages=[], sep_style=SeparatorStyle.PLAIN, sep="\n",
 )
@@ -191,6 +201,9 @@ conv_templates: dict[str, Conversation] = {
     "v1_mmtag": conv_llava_v1_mmtag,
     "llava_llama_2": conv_llava_llama_2,
     "mpt": conv_mpt,
+    "mistral_instruct": conv_mistral_instruct,
+    "chatml_direct": conv_chatml_direct,
+    "mistral_direct": conv_chatml_direct,
 }
 default_conversation = conv_vicuna_v1
 

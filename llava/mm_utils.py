@@ -1,4 +1,4 @@
-"""Image and prompt helpers with LLaVA's names and behaviour (LLaVA-1.5: `pad` aspect ratio)."""
+"""Image and prompt helpers with LLaVA's names and behaviour (LLaVA-1.5's `pad`, LLaVA-1.6's `anyres`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from entropyprune.ecl import model_name_from_path as get_model_name_from_path  # noqa: F401  (LLaVA's name)
+from llava.anyres import (  # noqa: F401  (LLaVA's names, from llava/mm_utils.py)
+    divide_to_patches,
+    get_anyres_image_grid_shape,
+    process_anyres_image,
+    resize_and_pad_image,
+    select_best_resolution,
+)
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.decoding import decode_ids
 
@@ -102,16 +109,20 @@ def _pixel_values(image_processor, image) -> torch.Tensor:
 
 
 def process_images(images, image_processor, model_cfg) -> torch.Tensor | list[torch.Tensor]:
-    """Preprocess PIL images as LLaVA-1.5 does: pad to square with the CLIP mean colour, then CLIP resize/crop.
+    """Preprocess PIL images as LLaVA does: `pad` (LLaVA-1.5) pads to a square with the CLIP mean colour, then
+    CLIP resize/crop; `anyres` (LLaVA-1.6) gives each image its ``[1 + crops, 3, S, S]`` views
+    (:func:`process_anyres_image`). As in LLaVA, the per-image tensors are stacked when their shapes agree
+    (``[N, 1 + crops, 3, S, S]`` for anyres) and returned as a list otherwise.
 
-    The result is LLaVA's to the bit; the square itself is not built (see `pad_to_square_for`), so a
+    The `pad` result is LLaVA's to the bit; the square itself is not built (see `pad_to_square_for`), so a
     20000 x 1 image costs what its pixels cost, not a 20000 x 20000 canvas.
     """
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
-    if aspect == "anyres":
-        raise NotImplementedError("image_aspect_ratio 'anyres' (LLaVA-1.6) is not supported yet")
     new_images = []
     for image in images:
+        if aspect == "anyres":
+            new_images.append(process_anyres_image(image, image_processor, model_cfg.image_grid_pinpoints))
+            continue
         if aspect == "pad":
             fill = tuple(int(x * 255) for x in image_processor.image_mean)
             image = pad_to_square_for(image, fill, image_processor)

@@ -170,19 +170,21 @@ def test_two_keys_for_one_parameter(tmp_path, tiny_hf, hf_state):
 
 
 @pytest.mark.parametrize("key", ["image_newline", "model.image_newline"])
-def test_llava_next_weights_refused(tmp_path, tiny_hf, hf_state, key):
+def test_llava_next_weight_in_a_llava_1_5_config_is_unused(tmp_path, tiny_hf, hf_state, key):
+    """A LLaVA-1.5 config (model_type llava: no spatial_unpad merge) has no image_newline to load it into."""
     state = {**hf_state, key: torch.zeros(64)}
     path = _write(tmp_path / "m", tiny_hf, state)
-    with pytest.raises(NotImplementedError, match="LLaVA-1.6"):
+    with pytest.raises(ValueError, match=rf"1 checkpoint tensor\(s\) match no parameter: {key}\."):
         load_pretrained_model(path, device="cpu")
 
 
-def test_llava_next_config_refused(tmp_path, tiny_hf):
+def test_llava_next_config_needs_image_newline(tmp_path, tiny_hf):
     path = shutil.copytree(tiny_hf, tmp_path / "m")
     cfg = json.loads((path / "config.json").read_text())
     cfg["model_type"] = "llava_next"
     (path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(NotImplementedError, match="config.json describes a LLaVA-1.6"):
+    with pytest.raises(ValueError, match=r"1 parameter\(s\) the config needs are not in the weights: "
+                                         r"model\.image_newline"):
         load_pretrained_model(str(path), device="cpu")
 
 

@@ -259,14 +259,14 @@ def _config_field(**fields):
         with open(path, "w") as f:
             json.dump(config, f)
         return {"mm_vision_select_layer": r"mm_vision_select_layer 50 is out of range for a vision tower of 3",
-                "model_type": r"model_type 'llava_mistral' is not supported"}[next(iter(fields))]
+                "model_type": r"model_type 'llava_mpt' is not supported"}[next(iter(fields))]
     return damage
 
 
 CHECKPOINT_DAMAGE = {"truncated-shard": _truncated_shard, "garbage-config": _garbage_config,
                      "no-tokenizer": _no_tokenizer, "int-weights": _int_weights,
                      "select-layer": _config_field(mm_vision_select_layer=50),
-                     "other-model-type": _config_field(model_type="llava_mistral")}
+                     "other-model-type": _config_field(model_type="llava_mpt")}
 
 
 @pytest.mark.parametrize("damage", list(CHECKPOINT_DAMAGE), ids=list(CHECKPOINT_DAMAGE))

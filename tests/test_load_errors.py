@@ -199,11 +199,11 @@ def test_cli_device_cuda_on_cpu_build(tmp_path, tiny_llava):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --device 'cuda'")
 
 
-def test_a_language_model_other_than_llama_is_refused_by_name(tmp_path, tiny_hf):
+def test_a_language_model_other_than_llama_or_mistral_is_refused_by_name(tmp_path, tiny_hf):
     path = _copy(tiny_hf, tmp_path)
     config_file = os.path.join(path, "config.json")
     config = json.load(open(config_file))
-    config["text_config"]["model_type"] = "mistral"
+    config["text_config"]["model_type"] = "qwen2"
     json.dump(config, open(config_file, "w"))
-    with pytest.raises(NotImplementedError, match=r"config\.json: model_type 'llava' with a 'mistral' language model"):
+    with pytest.raises(NotImplementedError, match=r"config\.json: model_type 'llava' with a 'qwen2' language model"):
         load_pretrained_model(path, device="cpu")

@@ -25,7 +25,9 @@ import torch
 @dataclass
 class Prepared:
     input_ids: torch.Tensor  # [T] prompt ids with IMAGE_TOKEN_INDEX markers, on the host
-    pixels: Any = None  # [n, 3, H, W] (or a list of such tensors) for the row's n images; None: text only
+    # [n, 3, H, W] (or a list of such tensors) for the row's n images; None: text only. LLaVA-1.6 (anyres):
+    # [n, views, 3, S, S] or a list of n [views, 3, S, S] tensors, one per image (process_images' output).
+    pixels: Any = None
     image_sizes: list | None = None  # (width, height) of each image
     text: str | None = None  # the instruction, for pruning methods that read it (CDPruner's `texts`)
 
@@ -34,7 +36,7 @@ class Prepared:
         if self.pixels is None:
             return 0
         if isinstance(self.pixels, torch.Tensor):
-            return self.pixels.shape[0] if self.pixels.ndim == 4 else 1
+            return self.pixels.shape[0] if self.pixels.ndim in (4, 5) else 1
         return sum(p.shape[0] if p.ndim == 4 else 1 for p in self.pixels)
 
 
@@ -46,8 +48,16 @@ def prompt_length(row: Prepared, visual_tokens: int) -> int:
     return row.input_ids.numel() - markers + markers * visual_tokens
 
 
-def _images_of(rows: list[Prepared], device, dtype):
-    """Every row's pixels, in row order: one [N, 3, H, W] tensor, or a list when the shapes differ."""
+def _images_of(rows: list[Prepared], device, dtype, multi_view: bool = False):
+    """Every row's pixels, in row order: one [N, 3, H, W] tensor, or a list when the shapes differ; for a
+    LLaVA-1.6 model (`multi_view`) always a list of each image's [views, 3, S, S]."""
+    if multi_view:
+        views = []
+        for row in rows:
+            if row.pixels is not None:
+                pieces = list(row.pixels) if isinstance(row.pixels, torch.Tensor) else row.pixels
+                views += [p.to(device, dtype=dtype) for p in pieces]
+        return views or None
     parts = []
     for row in rows:
         if row.pixels is None:
@@ -84,7 +94,7 @@ def cut_at_eos(ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
 
 def generate_rows(model, rows: list[Prepared], **generate_kwargs) -> list[torch.Tensor]:
     """New token ids of each row (on the host), from one `model.generate` call on the whole batch."""
-    images = _images_of(rows, model.device, model.dtype)
+    images = _images_of(rows, model.device, model.dtype, getattr(model, "multi_view", False))
     sizes = [size for row in rows for size in (row.image_sizes or [])] or None
     if any(row.text is not None for row in rows):
         generate_kwargs = {**generate_kwargs, "texts": [row.text for row in rows]}

@@ -348,16 +348,26 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     }
     write_json(meta_path(shard.answers_file), meta)
 
-    text_tokens: dict[int, tuple[int, int]] = {}  # id(item) -> (its prompt's text tokens, image markers)
+    # id(item) -> (its prompt's text tokens, image markers, its images' visual tokens when they vary: LLaVA-1.6)
+    text_tokens: dict[int, tuple[int, int, int | None]] = {}
+    anyres = None
+    if getattr(model.config, "image_aspect_ratio", None) == "anyres":
+        from llava.anyres import anyres_num_tokens
+
+        tower = model.get_vision_tower()
+        anyres = (tower.num_patches_per_side, tower.config.image_size)
 
     def prepare(item: Item) -> Prepared:
         prompt = build_prompt(item, args.conv_mode, model.config)
         input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")
         markers = int((input_ids == IMAGE_TOKEN_INDEX).sum())
-        text_tokens[id(item)] = (input_ids.numel() - markers, markers)
+        text_tokens[id(item)] = (input_ids.numel() - markers, markers, None)
         if item.load_image is None:
             return Prepared(input_ids)
         images = item.load_image() if item.num_images > 1 else [item.load_image()]
+        if anyres is not None:  # LLaVA-1.6: each image's own V (the splice, before any in-LLM pruning)
+            text_tokens[id(item)] = (input_ids.numel() - markers, markers,
+                                     sum(anyres_num_tokens(im.size, model.config, *anyres) for im in images))
         pixels = process_images(images, image_processor, model.config)
         return Prepared(input_ids, pixels, [image.size for image in images], instruction_text(item.question))
 
@@ -381,8 +391,8 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             answer = make(item, text, shortuuid.uuid(), model_name)
             if adaptive:  # the method chose each image's count: the answer says what it kept
                 answer.setdefault("metadata", {})["kept_tokens"] = counts[0]
-            words, markers = text_tokens.pop(id(item))
-            length = words + (sum(counts[0]) if adaptive else markers * spliced)
+            words, markers, visual = text_tokens.pop(id(item))
+            length = words + (sum(counts[0]) if adaptive else visual if visual is not None else markers * spliced)
             if limit is not None and length > limit:
                 answer.setdefault("metadata", {})["truncated"] = {"prompt_tokens": length, "kept_tokens": limit}
                 truncated += 1

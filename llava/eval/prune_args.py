@@ -32,6 +32,8 @@ def add_prune_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-seed", type=int, default=0, help="seed of the random baseline")
     g.add_argument("--prune-option", action="append", default=None, metavar="NAME=VALUE",
                    help="a method option (repeatable), e.g. --prune-option pivot_image=4; see docs/Methods.md")
+    g.add_argument("--prune-keep-newlines", action="store_true",
+                   help="LLaVA-1.6: always keep the image_newline tokens; the budget applies to the other tokens")
 
 
 def prune_config_from_args(args):
@@ -39,6 +41,8 @@ def prune_config_from_args(args):
     if getattr(args, "prune_method", None) is None:
         given = [f for f in ("prune_keep", "prune_avg_tokens", "prune_ratio", "prune_option")
                  if getattr(args, f, None) is not None]
+        if getattr(args, "prune_keep_newlines", False):
+            given.append("prune_keep_newlines")
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise ValueError(f"{flag} needs --prune-method (e.g. --prune-method entropy)")
@@ -48,4 +52,5 @@ def prune_config_from_args(args):
         avg = int(avg)
     return PruneConfig(method=args.prune_method, layer=args.prune_layer, keep=args.prune_keep, avg_tokens=avg,
                        ratio=args.prune_ratio, states=args.prune_states, variant=args.entropy_variant,
-                       seed=args.prune_seed, options=parse_option_args(getattr(args, "prune_option", None)))
+                       seed=args.prune_seed, options=parse_option_args(getattr(args, "prune_option", None)),
+                       keep_newlines=bool(getattr(args, "prune_keep_newlines", False)))

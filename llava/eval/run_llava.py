@@ -24,6 +24,10 @@ def infer_conv_mode(model_name: str) -> str:
     name = model_name.lower()
     if "llama-2" in name:
         return "llava_llama_2"
+    if "mistral" in name:  # llava-v1.6-mistral-7b, as LLaVA's run_llava picks it
+        return "mistral_instruct"
+    if "v1.6-34b" in name:
+        return "chatml_direct"
     if "mpt" in name:
         return "mpt"
     return "llava_v1"
@@ -43,10 +47,15 @@ def eval_model(args) -> str:
     )
     prompt = build_prompt(args.query, conv_mode, len(images), getattr(model.config, "mm_use_im_start_end", False))
     input_ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(model.device)
-    pixels = process_images(images, image_processor, model.config).to(model.device, dtype=model.dtype)
+    pixels = process_images(images, image_processor, model.config)
+    if isinstance(pixels, list):  # anyres images with different crop counts
+        pixels = [p.to(model.device, dtype=model.dtype) for p in pixels]
+    else:
+        pixels = pixels.to(model.device, dtype=model.dtype)
     with torch.inference_mode():
-        out = model.generate(input_ids, images=pixels, do_sample=args.temperature > 0, temperature=args.temperature,
-                             top_p=args.top_p, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
+        out = model.generate(input_ids, images=pixels, image_sizes=[image.size for image in images],
+                             do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
+                             num_beams=args.num_beams, max_new_tokens=args.max_new_tokens)
     return decode_answer(tokenizer, out[0])
 
 

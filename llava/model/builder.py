@@ -113,10 +113,11 @@ def resolve_device(device) -> torch.device:
 def load_pretrained_model(model_path, model_base=None, model_name=None, load_8bit=False, load_4bit=False,
                           device_map="auto", device=None, torch_dtype=None, attn_implementation="sdpa",
                           use_flash_attn=False, vision_tower=None, prune=None, **kwargs):
-    """Load a LLaVA-1.5 checkpoint; returns (tokenizer, model, image_processor, context_len).
+    """Load a LLaVA-1.5 or LLaVA-1.6 checkpoint; returns (tokenizer, model, image_processor, context_len).
 
-    model_path: a local folder or a hub id, in LLaVA's format (`model_type` llava / llava_llama, the CLIP tower
-    fetched from `mm_vision_tower`) or transformers' (`LlavaForConditionalGeneration`, tower inside).
+    model_path: a local folder or a hub id, in LLaVA's format (`model_type` llava / llava_llama / llava_mistral,
+    the CLIP tower fetched from `mm_vision_tower`) or transformers' (`LlavaForConditionalGeneration` or
+    `LlavaNextForConditionalGeneration`, tower inside); see docs/LLaVA-NeXT.md for LLaVA-1.6.
     device: "cuda", "cpu", ... (default: cuda when available). torch_dtype: default float16 on a GPU and
     float32 on the CPU. prune: an `entropyprune.PruneConfig` to turn visual-token pruning on.
     """

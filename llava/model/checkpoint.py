@@ -43,14 +43,14 @@ _HF_KEY_RULES = tuple((re.compile(p), r) for p, r in (
     (r"^model\.language_model\.", "model."),
     (r"^language_model\.model\.", "model."),
     (r"^language_model\.", "model."),
+    # LLaVA-1.6's learnt row separator (LlavaNext: image_newline, model.image_newline since 4.52).
+    (r"^(model\.)?image_newline$", "model.image_newline"),
     (r"^(model\.)?multi_modal_projector\.linear_1\.", "model.mm_projector.0."),
     (r"^(model\.)?multi_modal_projector\.linear_2\.", "model.mm_projector.2."),
     # CLIP with or without CLIPVisionModel's `vision_model.` level: transformers reads both.
     (r"^(model\.)?vision_tower\.(vision_model\.)?", TOWER),
 ))
 _LLAVA_TOWER_RULE = (re.compile(r"^model\.vision_tower\.vision_tower\.(vision_model\.)?"), TOWER)
-# LLaVA-1.6's learnt row separator (image_newline in transformers' LlavaNext, model.image_newline in LLaVA's).
-_LLAVA_NEXT_KEY = re.compile(r"^(model\.)?image_newline$")
 
 
 @dataclass
@@ -130,8 +130,8 @@ def load_weights(model: torch.nn.Module, files: list[str], checkpoint_format: st
     """Assign checkpoint tensors to `model`'s parameters (built on the meta device); see :class:`LoadReport`.
 
     tower_from_checkpoint=False (LLaVA format): the CLIP tower's keys are skipped, as LLaVA does; the tower
-    is loaded from `mm_vision_tower`. Raises on a LLaVA-1.6 key, on two keys giving one parameter and on a
-    shape that is not the config's.
+    is loaded from `mm_vision_tower`. Raises on two keys giving one parameter and on a shape that is not the
+    config's.
     """
     params = dict(model.named_parameters())
     # transformers 4's CLIPVisionModel has the `vision_model.` level, transformers 5's has not.
@@ -141,11 +141,6 @@ def load_weights(model: torch.nn.Module, files: list[str], checkpoint_format: st
         shard = read_shard(file)
         state = {}
         for key, tensor in shard.items():
-            if _LLAVA_NEXT_KEY.match(key):
-                raise NotImplementedError(
-                    f"{file} holds {key!r}: this is a LLaVA-1.6 (LLaVA-NeXT, anyres) checkpoint, which is not "
-                    "supported; use a LLaVA-1.5 checkpoint"
-                )
             if is_ignored(key):
                 report.ignored.append(key)
                 continue
@@ -191,7 +186,7 @@ def check_complete(model: torch.nn.Module, report: LoadReport, path: str, expect
     raise ValueError(
         f"checkpoint {path} does not fit its config.json ({len(report.loaded)} tensor(s) matched); "
         + "; ".join(parts)
-        + ". Is it a LLaVA-1.5 checkpoint in LLaVA's or transformers' layout, with its own config.json?"
+        + ". Is it a LLaVA-1.5 or LLaVA-1.6 checkpoint in LLaVA's or transformers' layout, with its own config.json?"
     )
 
 

@@ -1,7 +1,8 @@
 """The multimodal parts of LLaVA: vision tower + projector, and splicing image features into the text.
 
 `splice_multimodal` is the one place where images meet text. It returns, besides the embeddings, where each
-image's tokens landed (`Splice.image_spans`), so that nothing downstream needs hard-coded offsets.
+image's tokens landed (`Splice.image_spans`), so that nothing downstream needs hard-coded offsets, and for
+LLaVA-1.6 (anyres) images where each token came from (`Splice.image_layouts`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llava.anyres import ImageLayout, feature_layout
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.multimodal_encoder.builder import build_vision_tower
 from llava.model.multimodal_projector.builder import build_vision_projector
@@ -32,6 +34,10 @@ class Splice:
     prompt_lengths: list[int] | None = None
     # Vision-stage pruning: per row, per image, [PruneRecord] of the stage (layer 0); None when it did not run.
     vision_trace: list | None = None
+    # Per row, per image (as image_spans): the ImageLayout of a LLaVA-1.6 multi-crop image (which positions of
+    # the span are image_newline tokens, which crop and patch each token came from, the unpadded grid), or None
+    # for an image of one view (LLaVA-1.5). Cut with its span when the context length cuts the row.
+    image_layouts: list[list[ImageLayout | None]] | None = None
 
     @property
     def has_padding(self) -> bool:
@@ -45,6 +51,9 @@ class LlavaMetaModel:
         if getattr(config, "mm_vision_tower", None):
             self.vision_tower = build_vision_tower(config)
             self.mm_projector = build_vision_projector(config)
+            if "unpad" in getattr(config, "mm_patch_merge_type", "flat"):
+                # LLaVA-1.6's learned row separator (LLaVA: model.image_newline; transformers: image_newline).
+                self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
 
     def get_vision_tower(self):
         return getattr(self, "vision_tower", None)
@@ -61,15 +70,35 @@ class LlavaMetaForCausalLM:
         feats = model.vision_tower(images)
         return model.mm_projector(feats.to(model.mm_projector_dtype))
 
+    @property
+    def multi_view(self) -> bool:
+        """LLaVA-1.6's input convention: a list entry (or a 5-D tensor's entry) is one image's views."""
+        cfg = self.config
+        return getattr(cfg, "image_aspect_ratio", "pad") == "anyres" or getattr(cfg, "mm_patch_merge_type",
+                                                                                 "flat") != "flat"
+
+    def _image_views(self, images) -> list[torch.Tensor] | None:
+        """Multi-view input as LLaVA reads it: per image its ``[n, 3, S, S]`` views, in marker order; None for
+        a 4-D tensor, which LLaVA encodes as plain single-view images."""
+        if isinstance(images, (list, tuple)):
+            return [im[None] if im.ndim == 3 else im for im in images]
+        if images.ndim == 5:
+            return list(images)
+        return None
+
     def _image_pixels(self, images) -> list[torch.Tensor]:
         """Every image as its own ``[1, 3, H, W]`` tensor, in marker order."""
+        if self.multi_view and self._image_views(images) is not None:
+            raise NotImplementedError("vision-stage pruning of LLaVA-1.6 multi-crop images is not supported; "
+                                      "use a language-model method (--prune-layer >= 1)")
         if isinstance(images, (list, tuple)):
             out = []
             for im in images:
                 out += list((im if im.ndim == 4 else im[None])[:, None])
             return out
         if images.ndim == 5:
-            raise NotImplementedError("multi-crop (5-D) image input is LLaVA-1.6's anyres, not supported yet")
+            raise ValueError("multi-crop (5-D) image input is for LLaVA-1.6 (image_aspect_ratio anyres); "
+                             "this model takes [N, 3, H, W]")
         if images.ndim != 4:
             raise ValueError(f"images must be [N, 3, H, W]; got shape {tuple(images.shape)}")
         return list(images[:, None])
@@ -137,21 +166,61 @@ class LlavaMetaForCausalLM:
                 records[i] = PruneRecord(0, -1, v, sel.kept[j], sel.scores[j], stage.merged)
         return feats, records
 
-    def _image_features(self, images) -> list[torch.Tensor]:
+    def _multi_view_features(self, views: list[torch.Tensor], image_sizes) -> tuple[list, list]:
+        """LLaVA-1.6: every view of every image through the tower in one call, then each image's features
+        merged as LLaVA's prepare_inputs_labels_for_multimodal merges them (see llava.anyres.feature_layout)."""
+        model = self.get_model()
+        cfg = self.config
+        sizes = None if image_sizes is None else [tuple(int(x) for x in sz) for sz in image_sizes]
+        if sizes is not None and len(sizes) != len(views):
+            raise ValueError(f"image_sizes gives {len(sizes)} size(s) for {len(views)} image(s); pass one "
+                             "(width, height) per image, in marker order")
+        if any(v.shape[1:] != views[0].shape[1:] for v in views):
+            raise ValueError("every view of a LLaVA-1.6 image must have the tower's input size")
+        encoded = self.encode_images(torch.cat(views, dim=0)).split([v.shape[0] for v in views])
+        tower = model.get_vision_tower()
+        per_side = tower.num_patches_per_side
+        merge = getattr(cfg, "mm_patch_merge_type", "flat")
+        newline = getattr(model, "image_newline", None)
+        feats, layouts = [], []
+        for i, f in enumerate(encoded):
+            if f.shape[1] != per_side * per_side:
+                raise ValueError(f"image {i} gives {f.shape[1]} features per view, but the tower's grid is "
+                                 f"{per_side}x{per_side}: LLaVA-1.6's merge needs mm_vision_select_feature 'patch'")
+            src, layout = feature_layout(None if sizes is None else sizes[i], f.shape[0], per_side, merge,
+                                         cfg.image_grid_pinpoints, tower.config.image_size)
+            flat = f.reshape(-1, f.shape[-1])
+            if layout.newline.any():
+                flat = torch.cat([flat, newline[None].to(device=flat.device, dtype=flat.dtype)])
+            feats.append(flat[src.to(flat.device)])
+            layouts.append(layout if f.shape[0] > 1 else None)
+        return feats, layouts
+
+    def _image_features(self, images, image_sizes=None) -> tuple[list[torch.Tensor], list]:
+        """Each image's projected features [V, D], in marker order, and its ImageLayout (None: one view)."""
+        if self.multi_view:
+            views = self._image_views(images)
+            if views is not None:
+                return self._multi_view_features(views, image_sizes)
+        feats = self._single_view_features(images)
+        return feats, [None] * len(feats)
+
+    def _single_view_features(self, images) -> list[torch.Tensor]:
         if isinstance(images, (list, tuple)):
             images = [im if im.ndim == 4 else im[None] for im in images]
             if any(im.shape[1:] != images[0].shape[1:] for im in images):
                 return [f for im in images for f in self.encode_images(im)]
             images = torch.cat(images, dim=0)
         if images.ndim == 5:
-            raise NotImplementedError("multi-crop (5-D) image input is LLaVA-1.6's anyres, not supported yet")
+            raise ValueError("multi-crop (5-D) image input is for LLaVA-1.6 (image_aspect_ratio anyres); "
+                             "this model takes [N, 3, H, W]")
         if images.ndim != 4:
             raise ValueError(f"images must be [N, 3, H, W]; got shape {tuple(images.shape)}")
         return list(self.encode_images(images))
 
     def splice_multimodal(self, input_ids, images=None, attention_mask=None, labels=None,
                           padding_side: str | None = None, image_features: list | None = None,
-                          texts=None) -> Splice:
+                          texts=None, image_sizes=None) -> Splice:
         """Replace each IMAGE_TOKEN_INDEX in `input_ids` by that image's projected features and re-pad.
 
         `image_features` ([V, D] per image, already projected) replaces `images` and the vision tower; the
@@ -160,7 +229,8 @@ class LlavaMetaForCausalLM:
         With a vision-stage pruning method set (``set_prune``), each image's features are its kept tokens:
         the splice holds N tokens for it with ordinary consecutive positions, and ``vision_trace`` records
         the stage. ``texts`` (one instruction per row, or one string for a batch of one) is what methods
-        that read the instruction (CDPruner) see.
+        that read the instruction (CDPruner) see. ``image_sizes``: (width, height) of each image in marker
+        order, as LLaVA passes them; LLaVA-1.6 needs them to lay out each image's crop grid.
         """
         model = self.get_model()
         embed = model.embed_tokens
@@ -170,9 +240,11 @@ class LlavaMetaForCausalLM:
         mask = attention_mask.to("cpu").bool() if attention_mask is not None else torch.ones_like(ids, dtype=torch.bool)
         n_markers = int((ids[mask] == IMAGE_TOKEN_INDEX).sum())
         feats: list[torch.Tensor] = []
+        layouts: list = []
         vision_records = None
         if n_markers and image_features is not None:
             feats = list(image_features)
+            layouts = [None] * len(feats)
             if len(feats) != n_markers:
                 raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {len(feats)} feature set(s) "
                                  "were given")
@@ -190,14 +262,15 @@ class LlavaMetaForCausalLM:
                     raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {n_images} image(s) "
                                      "were given")
                 feats, vision_records = self._vision_stage(images, image_rows, _row_texts(texts, ids.shape[0]))
+                layouts = [None] * len(feats)
             else:
-                feats = self._image_features(images)
+                feats, layouts = self._image_features(images, image_sizes)
             if len(feats) != n_markers:
                 raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {len(feats)} image(s) were given")
 
         # One embedding call for the whole batch; image markers are looked up as token 0 and replaced below.
         text_embeds = embed(input_ids.clamp(min=0).to(device))
-        rows, row_labels, spans = [], [], []
+        rows, row_labels, spans, row_layouts = [], [], [], []
         next_feat = 0
         for b in range(ids.shape[0]):
             keep = mask[b].nonzero().squeeze(1)
@@ -205,12 +278,13 @@ class LlavaMetaForCausalLM:
             row_emb = text_embeds[b, keep.to(device)]
             row_lab = labels[b, keep] if labels is not None else None
             marks = (row_ids == IMAGE_TOKEN_INDEX).nonzero().squeeze(1).tolist()
-            pieces, lab_pieces, row_spans = [], [], []
+            pieces, lab_pieces, row_spans, lays = [], [], [], []
             prev, pos = 0, 0
             for m in marks:
                 pieces.append(row_emb[prev:m])
                 pos += m - prev
                 feat = feats[next_feat].to(row_emb.dtype)
+                lays.append(layouts[next_feat])
                 next_feat += 1
                 pieces.append(feat)
                 row_spans.append((pos, feat.shape[0]))
@@ -224,12 +298,15 @@ class LlavaMetaForCausalLM:
                 row_labels.append(torch.cat(lab_pieces))
             rows.append(torch.cat(pieces))
             spans.append(row_spans)
+            row_layouts.append(lays)
 
         max_len = self.config.tokenizer_model_max_length
         if max_len is not None:
             rows = [r[:max_len] for r in rows]
             row_labels = [r[:max_len] for r in row_labels]
             spans = [[(s, min(n, max_len - s)) for s, n in row if s < max_len] for row in spans]
+            row_layouts = [[None if lay is None else lay.truncated(n) for lay, (_s, n) in zip(lays, row, strict=False)]
+                           for lays, row in zip(row_layouts, spans, strict=True)]
         lengths = [r.shape[0] for r in rows]
         t = max(lengths)
         bsz, dim = len(rows), rows[0].shape[1]
@@ -255,7 +332,8 @@ class LlavaMetaForCausalLM:
                     rec.start = start
                     trace[-1].append([rec])
                 first += int((ids[b][mask[b]] == IMAGE_TOKEN_INDEX).sum())
-        return Splice(out, am, pos_ids, lab, spans, lengths, padding_side, vision_trace=trace)
+        return Splice(out, am, pos_ids, lab, spans, lengths, padding_side, vision_trace=trace,
+                      image_layouts=row_layouts)
 
     def prepare_inputs_labels_for_multimodal(self, input_ids, position_ids, attention_mask, past_key_values,
                                              labels, images, image_sizes=None, texts=None):
@@ -263,7 +341,7 @@ class LlavaMetaForCausalLM:
         ``texts`` is CDPruner's addition: each prompt's instruction, for methods that read it."""
         if self.get_vision_tower() is None or images is None or input_ids.shape[1] == 1:
             return input_ids, position_ids, attention_mask, past_key_values, None, labels
-        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, texts=texts)
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, texts=texts, image_sizes=image_sizes)
         return (
             None,
             sp.position_ids if position_ids is not None else None,

@@ -42,14 +42,15 @@ def main(argv=None) -> None:
     tokenizer, model, processor, _ = load_pretrained_model(args.model_path)
     prompt = build_prompt(args.query, "vicuna_v1")
     ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")[None].to(model.device)
-    pixels = process_images([demo_image()], processor, model.config).to(model.device, model.dtype)
+    image = demo_image()
+    pixels = process_images([image], processor, model.config).to(model.device, model.dtype)
     print(f"model: {args.model_path} ({model.config.num_hidden_layers} layers) on {model.device}")
     print(f"question: {args.query}")
     for label, cfg in (("vanilla", None), ("entropyprune", PruneConfig(layer=2, keep=args.keep))):
         model.set_prune(cfg)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(ids, images=pixels, max_new_tokens=args.max_new_tokens)
+            out = model.generate(ids, images=pixels, image_sizes=[image.size], max_new_tokens=args.max_new_tokens)
         dt = time.perf_counter() - t0
         answer = decode_answer(tokenizer, out[0])
         note = ""

@@ -12,6 +12,13 @@ What it writes, in the real formats:
 - random Llama weights (several heads, 4 layers), sharded safetensors with an index (or `.bin` shards);
 - config.json, generation_config.json, tokenizer_config.json, special_tokens_map.json.
 
+`--next` writes a tiny LLaVA-1.6 (LLaVA-NeXT, anyres) checkpoint instead, in LLaVA's format (image_aspect_ratio
+"anyres", image_grid_pinpoints, mm_patch_merge_type "spatial_unpad", `model.image_newline`) or transformers'
+(`LlavaNextForConditionalGeneration`, its image processor config): an 84 px tower (patch 14: 36 tokens a view)
+and LLaVA-1.6's five grids scaled to it (1x2, 2x1, 2x2, 3x1, 1x3 crops), so an image has 36 + up to 156
+tokens. `--language-model mistral` gives it a Mistral language model (GQA, rope_theta 1e6, sliding_window
+null), as llava-v1.6-mistral-7b.
+
 `--format llama` writes the plain language model instead (a Llama folder as lmsys/vicuna-7b-v1.5 is: no
 projector, no `mm_*` fields) with the tiny CLIP beside it in its folder: what LLaVA's training starts from
 (`python -m llava.train.train --model_name_or_path OUT --vision_tower OUT/clip-vit-tiny-patch14-336`).
@@ -32,6 +39,11 @@ import shutil
 import torch
 
 TOWER_DIR = "clip-vit-tiny-patch14-336"
+NEXT_TOWER_DIR = "clip-vit-tiny-patch14-84"
+NEXT_IMAGE_SIZE = 84
+# LLaVA-1.6's [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]] for an 84 px tower ([w, h]; the set
+# is symmetric, so transformers' (h, w) reading gives the same grids).
+NEXT_PINPOINTS = [[84, 168], [168, 84], [168, 168], [252, 84], [84, 252]]
 
 _CORPUS_LINES = [
     "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
@@ -147,7 +159,7 @@ def tower_state_dict(tower) -> dict[str, torch.Tensor]:
             for k, t in tower.state_dict().items()}
 
 
-def _make_tower(out_dir: str, seed: int):
+def _make_tower(out_dir: str, seed: int, image_size: int = 336):
     """The tiny CLIP folder; returns its vision tower (the only half LLaVA itself uses).
 
     The vision weights come first from their own seed, so the text half (drawn after, from another seed)
@@ -158,13 +170,14 @@ def _make_tower(out_dir: str, seed: int):
     from llava.model.multimodal_encoder.clip_encoder import clip_image_processor_class
 
     torch.manual_seed(seed + 1)
-    tower = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).eval()
+    vision = {**TINY_VISION, "image_size": image_size}
+    tower = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()
     ids = _write_clip_tokenizer(out_dir)
     text_config = {**TINY_CLIP_TEXT, **ids, "pad_token_id": ids["eos_token_id"]}
     torch.manual_seed(seed + 2)
     text = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))
     visual_projection = torch.randn(TINY_VISION["projection_dim"], TINY_VISION["hidden_size"]) * 0.1
-    config = CLIPConfig(text_config=text_config, vision_config=TINY_VISION,
+    config = CLIPConfig(text_config=text_config, vision_config=vision,
                         projection_dim=TINY_VISION["projection_dim"])
     config.architectures = ["CLIPModel"]
     config.save_pretrained(out_dir)
@@ -172,7 +185,7 @@ def _make_tower(out_dir: str, seed: int):
              "visual_projection.weight": visual_projection, "logit_scale": torch.tensor(2.6592)}
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     clip_image_processor_class()(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True,
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, do_center_crop=True,
         image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
         resample=3,
     ).save_pretrained(out_dir)
@@ -237,6 +250,16 @@ def _save_sharded(state: dict[str, torch.Tensor], out_dir: str, weights: str, sh
                 {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
+def _next_processor_config(tower_dir: str) -> dict:
+    """transformers' LlavaNextImageProcessor settings: the tower's CLIP preprocessing plus the pinpoints."""
+    with open(os.path.join(tower_dir, "preprocessor_config.json"), encoding="utf-8") as f:
+        clip = json.load(f)
+    keep = ("crop_size", "do_center_crop", "do_convert_rgb", "do_normalize", "do_rescale", "do_resize",
+            "image_mean", "image_std", "resample", "rescale_factor", "size")
+    return {**{k: clip[k] for k in keep if k in clip}, "do_pad": True, "image_grid_pinpoints": NEXT_PINPOINTS,
+            "image_processor_type": "LlavaNextImageProcessor", "processor_class": "LlavaNextProcessor"}
+
+
 def _hf_state(llava_sd: dict, tower, layout: str, vocab_padded: int) -> dict[str, torch.Tensor]:
     """The same weights under transformers' LlavaForConditionalGeneration names (old or new layout)."""
     lm = "language_model.model." if layout == "old" else "model.language_model."
@@ -248,7 +271,9 @@ def _hf_state(llava_sd: dict, tower, layout: str, vocab_padded: int) -> dict[str
         if k in ("model.embed_tokens.weight", "lm_head.weight"):
             # Rows for the added <image> and <pad> tokens, padded to a multiple of 64 as the conversion does.
             t = torch.cat([t, t.mean(0, keepdim=True).expand(vocab_padded - t.shape[0], -1)])
-        if k.startswith("model.mm_projector."):
+        if k == "model.image_newline":
+            k = "image_newline" if layout == "old" else "model.image_newline"
+        elif k.startswith("model.mm_projector."):
             k = proj + {"0": "linear_1", "2": "linear_2"}[k.split(".")[2]] + "." + k.split(".")[3]
         elif k.startswith("lm_head."):
             k = head + k[len("lm_head."):]
@@ -260,8 +285,13 @@ def _hf_state(llava_sd: dict, tower, layout: str, vocab_padded: int) -> dict[str
     return out
 
 
+def _mistral_text(text: dict) -> dict:
+    """The tiny text config as Mistral-7B-Instruct-v0.2 differs from Llama: GQA, rope_theta 1e6, no window."""
+    return {**text, "num_key_value_heads": 2, "rope_theta": 1000000.0, "sliding_window": None}
+
+
 def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new",
-          absolute_tower: bool = False) -> str:
+          absolute_tower: bool = False, next_: bool = False, language_model: str = "llama") -> str:
     """Write the checkpoint to `out`; the same arguments give the same bytes, whatever the folder.
 
     `mm_vision_tower` names the tower folder relative to the checkpoint, which our loader resolves and which
@@ -270,13 +300,25 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     """
     if fmt not in ("llava", "hf", "llama"):
         raise ValueError(f"--format must be 'llava', 'hf' or 'llama', got {fmt!r}")
+    if language_model not in ("llama", "mistral"):
+        raise ValueError(f"--language-model must be 'llama' or 'mistral', got {language_model!r}")
+    if (next_ or language_model != "llama") and fmt == "llama":
+        raise ValueError("--next and --language-model mistral write LLaVA-1.6 checkpoints: use --format llava or hf")
+    if language_model != "llama" and not next_:
+        raise ValueError("--language-model mistral is for LLaVA-1.6 (llava-v1.6-mistral-7b): add --next")
     os.makedirs(out, exist_ok=True)
     vocab = _train_tokenizer(out, seed)
-    tower_dir = os.path.join(out, TOWER_DIR)
+    tower_name = NEXT_TOWER_DIR if next_ else TOWER_DIR
+    tower_dir = os.path.join(out, tower_name)
     os.makedirs(tower_dir, exist_ok=True)
-    tower = _make_tower(tower_dir, seed)
+    tower = _make_tower(tower_dir, seed, NEXT_IMAGE_SIZE if next_ else 336)
     text = tiny_text_config(vocab)
+    if language_model == "mistral":
+        text = _mistral_text(text)
     sd = _random_llava_state(text, TINY_VISION["hidden_size"], seed)
+    if next_:  # drawn last, from its own seed: the other weights are those of the LLaVA-1.5 checkpoint
+        g = torch.Generator().manual_seed(seed + 3)
+        sd["model.image_newline"] = torch.randn(text["hidden_size"], generator=g)
     _write_json(os.path.join(out, "generation_config.json"),
                 {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 2048})
     if fmt == "llama":
@@ -289,15 +331,20 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     if fmt == "llava":
         config = {
             # A fixed name, not the output folder's, so that the bytes do not depend on where it is built.
-            "_name_or_path": "llava-v1.5-tiny", "architectures": ["LlavaLlamaForCausalLM"],
-            "model_type": "llava", **text, "max_length": 2048, "torch_dtype": "float32",
-            "mm_vision_tower": os.path.abspath(tower_dir) if absolute_tower else TOWER_DIR,
+            "_name_or_path": "llava-v1.6-tiny" if next_ else "llava-v1.5-tiny",
+            "architectures": ["LlavaMistralForCausalLM" if language_model == "mistral" else "LlavaLlamaForCausalLM"],
+            "model_type": "llava_mistral" if language_model == "mistral" else "llava",
+            **text, "max_length": 2048, "torch_dtype": "float32",
+            "mm_vision_tower": os.path.abspath(tower_dir) if absolute_tower else tower_name,
             "mm_hidden_size": TINY_VISION["hidden_size"],
             "mm_projector_type": "mlp2x_gelu", "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch",
             "image_aspect_ratio": "pad", "mm_use_im_start_end": False, "mm_use_im_patch_token": False,
             "use_mm_proj": True, "tune_mm_mlp_adapter": False, "freeze_mm_mlp_adapter": False,
             "mm_resampler_type": None, "tokenizer_padding_side": "right",
         }
+        if next_:
+            config.update(image_aspect_ratio="anyres", image_grid_pinpoints=NEXT_PINPOINTS,
+                          mm_patch_merge_type="spatial_unpad")
         _write_json(os.path.join(out, "config.json"), config)
         _save_sharded(sd, out, weights)
         return out
@@ -311,16 +358,25 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     tok.save_pretrained(out)
     image_id, pad_id = tok.convert_tokens_to_ids("<image>"), tok.convert_tokens_to_ids("<pad>")
     vocab_padded = -(-(vocab + 2) // 64) * 64
-    text_hf = {**text, "vocab_size": vocab_padded, "model_type": "llama", "pad_token_id": pad_id}
+    text_hf = {**text, "vocab_size": vocab_padded, "model_type": language_model, "pad_token_id": pad_id}
     vision_hf = {**TINY_VISION, "model_type": "clip_vision_model"}
+    if next_:
+        vision_hf["image_size"] = NEXT_IMAGE_SIZE
     config = {
         "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": image_id,
         "pad_token_id": pad_id, "projector_hidden_act": "gelu", "vision_feature_layer": -2,
         "vision_feature_select_strategy": "default", "text_config": text_hf, "vision_config": vision_hf,
         "torch_dtype": "float32", "tie_word_embeddings": False, "image_seq_length": 576,
     }
+    if next_:
+        config.update(architectures=["LlavaNextForConditionalGeneration"], model_type="llava_next",
+                      image_grid_pinpoints=NEXT_PINPOINTS, image_seq_length=(NEXT_IMAGE_SIZE // 14) ** 2)
     _write_json(os.path.join(out, "config.json"), config)
-    shutil.copy(os.path.join(tower_dir, "preprocessor_config.json"), os.path.join(out, "preprocessor_config.json"))
+    if next_:
+        _write_json(os.path.join(out, "preprocessor_config.json"), _next_processor_config(tower_dir))
+    else:
+        shutil.copy(os.path.join(tower_dir, "preprocessor_config.json"),
+                    os.path.join(out, "preprocessor_config.json"))
     shutil.rmtree(tower_dir)
     _save_sharded(_hf_state(sd, tower, hf_layout, vocab_padded), out, weights)
     return out
@@ -337,9 +393,14 @@ def main(argv=None) -> None:
                     help="key layout of hf-format weights (transformers >= 4.52 is 'new')")
     ap.add_argument("--absolute-tower-path", action="store_true",
                     help="write mm_vision_tower as an absolute path, for official LLaVA run from any folder")
+    ap.add_argument("--next", action="store_true",
+                    help="a LLaVA-1.6 (LLaVA-NeXT, anyres) checkpoint: 84 px tower, small pinpoints, image_newline")
+    ap.add_argument("--language-model", default="llama", choices=["llama", "mistral"],
+                    help="with --next: the language model's architecture (mistral: as llava-v1.6-mistral-7b)")
     args = ap.parse_args(argv)
-    path = build(args.out, args.format, args.seed, args.weights, args.hf_layout, args.absolute_tower_path)
-    print(f"tiny {args.format} checkpoint written to {path}")
+    path = build(args.out, args.format, args.seed, args.weights, args.hf_layout, args.absolute_tower_path,
+                 args.next, args.language_model)
+    print(f"tiny {'LLaVA-1.6 ' if args.next else ''}{args.format} checkpoint written to {path}")
 
 
 if __name__ == "__main__":

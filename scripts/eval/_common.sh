@@ -9,7 +9,9 @@
 #   LAYER          pruning layer K (default 2, 0 for vision-stage methods; "auto" = the model's Entropy Collapse Layer)
 #   KEEP | AVG_TOKENS | RATIO   the budget: tokens kept per image | average over layers | fraction kept
 #   STATES         query (default) or key;  VARIANT  official (default) or paper;  SEED  random baseline seed
-#   CONV_MODE      conversation template (default vicuna_v1, as LLaVA-1.5's scripts)
+#   CONV_MODE      conversation template (default vicuna_v1, as LLaVA-1.5's scripts; also right for the
+#                  llava-v1.6-vicuna checkpoints; llava-v1.6-mistral-7b: mistral_instruct, llava-v1.6-34b:
+#                  chatml_direct; see docs/LLaVA-NeXT.md)
 #   BATCH_SIZE     questions per model call (default 1, as LLaVA-1.5's scripts); the answers are the same at
 #                  any batch size, so a run may be resumed with another one
 #   BUCKET_WINDOW  batch questions of similar prompt length: sort each window of this many questions by

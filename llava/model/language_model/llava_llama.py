@@ -1,4 +1,5 @@
-"""LlavaLlamaForCausalLM: LLaVA-1.5's model class, on our own Llama forward pass.
+"""LlavaLlamaForCausalLM: LLaVA-1.5's and LLaVA-1.6's model class, on our own Llama forward pass (a Mistral
+language model runs on it too: the same decoder, see `LlavaConfig.sliding_window`).
 
 `forward` returns logits over the spliced sequence; `generate` returns only the new token ids (as LLaVA's
 `generate` from embeddings does) and stops at EOS. Visual-token pruning is configured with `set_prune` (or
@@ -69,7 +70,19 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             from entropyprune.hook import check_prune_config
 
             tower = self.get_vision_tower()
-            check_prune_config(cfg, self.config, tower.num_patches if tower is not None else None)
+            visual = tower.num_patches if tower is not None else None
+            if tower is not None and getattr(self.config, "image_aspect_ratio", None) == "anyres":
+                # V varies per image (each is budgeted by its own V at run time); checked here for a square
+                # image of the tower's size
+                from llava.anyres import anyres_num_tokens
+
+                side = tower.config.image_size
+                visual = anyres_num_tokens((side, side), self.config, tower.num_patches_per_side, side)
+            check_prune_config(cfg, self.config, visual)
+            if cfg.stage == "vision" and self.multi_view:
+                raise ValueError(f"--prune-method {cfg.method!r} prunes in the vision tower, which is not supported "
+                                 "for LLaVA-1.6 (anyres) checkpoints; use a language-model method (e.g. "
+                                 "entropyprune, fastv, dart)")
             if cfg.stage == "vision":
                 self._check_vision_stage(cfg, tower)
         self.model.prune = cfg
@@ -107,17 +120,26 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
     # -- forward -------------------------------------------------------------------------------------------
 
+    def _check_window(self, tokens: int, what: str) -> None:
+        """A sliding attention window W equals full attention only over at most W tokens (see LlavaConfig)."""
+        window = getattr(self.config, "sliding_window", None)
+        if window is not None and tokens > window:
+            raise ValueError(f"{what} is {tokens} tokens but this model's sliding_window is {window}: sliding-window "
+                             "attention is not implemented; shorten the prompt or --max-new-tokens to fit the window")
+
     def _prefill_inputs(self, input_ids, images, attention_mask, position_ids, inputs_embeds, labels,
-                        padding_side=None, texts=None):
+                        padding_side=None, texts=None, image_sizes=None):
         if inputs_embeds is not None:
             b, t = inputs_embeds.shape[:2]
             mask = attention_mask.bool() if attention_mask is not None else None
             if position_ids is None:
                 position_ids = _positions_from_mask(mask, b, t, inputs_embeds.device)
+            self._check_window(t, "the sequence")
             return inputs_embeds, mask, position_ids, labels, None
         if input_ids is None:
             raise ValueError("pass input_ids or inputs_embeds")
-        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, padding_side=padding_side, texts=texts)
+        sp = self.splice_multimodal(input_ids, images, attention_mask, labels, padding_side=padding_side, texts=texts,
+                                    image_sizes=image_sizes)
         mask = sp.attention_mask if (attention_mask is not None or sp.has_padding) else None
         pos = position_ids.to(sp.position_ids.device) if position_ids is not None else sp.position_ids
         return sp.inputs_embeds, mask, pos, sp.labels, sp
@@ -133,6 +155,7 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         if past_key_values is not None and not past_key_values.empty:
             x = self.model.embed_tokens(input_ids)
             t = input_ids.shape[1]
+            self._check_window(past_key_values.segments[0].length + t, "the sequence with its cache")
             pos = position_ids
             if pos is None:
                 pos = past_key_values.next_position[:, None] + torch.arange(t, device=x.device)[None]
@@ -140,7 +163,10 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             return CausalLMOutput(self.lm_head(hidden).float(), None, past_key_values, pos)
 
         embeds, mask, pos, labels, splice = self._prefill_inputs(
-            input_ids, images, attention_mask, position_ids, inputs_embeds, labels, texts=texts)
+            input_ids, images, attention_mask, position_ids, inputs_embeds, labels, texts=texts,
+            image_sizes=image_sizes)
+        if splice is not None:
+            self._check_window(max(splice.lengths), "the prompt")
         cache = past_key_values
         if cache is None and use_cache:
             cache = KVCache(len(self.model.layers))
@@ -200,7 +226,9 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
         sample = do_sample and temperature is not None and temperature > 0
 
         embeds, mask, pos, _, splice = self._prefill_inputs(inputs, images, attention_mask, None, None, None,
-                                                            padding_side="left", texts=texts)
+                                                            padding_side="left", texts=texts,
+                                                            image_sizes=image_sizes)
+        self._check_window(max(splice.lengths) + max_new_tokens - 1, "the prompt plus max_new_tokens - 1")
         b = embeds.shape[0]
         device = embeds.device
         finished = torch.zeros(b, dtype=torch.bool, device=device)

@@ -11,19 +11,22 @@ from entropyprune.score import matrix_entropy
 
 
 @torch.inference_mode()
-def layer_states(model, input_ids: torch.Tensor, images: torch.Tensor, states: Sequence[str] = STATES):
+def layer_states(model, input_ids: torch.Tensor, images: torch.Tensor, states: Sequence[str] = STATES,
+                 image_sizes=None):
     """One prefill (no pruning, no generation) of a single prompt with one image.
 
     Returns ``({state: [L tensors [V, h * d_h]]}, (start, V))``: every layer's post-RoPE states of the
     image tokens, and where the image sits in the spliced sequence. The states come from
     ``LlamaModel.forward``'s ``observe_states``: the very tensors attention used, so nothing re-applies RoPE.
+    ``image_sizes``: the image's (width, height), which LLaVA-1.6 (anyres) needs for its crop grid; V is then
+    the image's own count, newlines included.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"layer_states takes one prompt, input_ids [1, T]; got shape {list(input_ids.shape)}")
     bad = [s for s in states if s not in STATES]
     if bad:
         raise ValueError(f"states must be among {', '.join(STATES)}, got {bad}")
-    splice = model.splice_multimodal(input_ids, images)
+    splice = model.splice_multimodal(input_ids, images, image_sizes=image_sizes)
     spans = splice.image_spans[0]
     if len(spans) != 1:
         raise ValueError(f"the prompt must hold exactly one <image>; it holds {len(spans)}")

@@ -41,9 +41,11 @@ def profile_samples(model, tokenizer, image_processor, datasets_samples: dict[st
             for sample in samples:
                 prompt = build_prompt(sample.text, conv_mode, 1, getattr(model.config, "mm_use_im_start_end", False))
                 ids = tokenizer_image_token(prompt, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
-                pixels = process_images([sample.load_image()], image_processor, model.config)
+                image = sample.load_image()
+                pixels = process_images([image], image_processor, model.config)
                 per_state, (_start, length) = layer_states(
-                    model, ids.to(model.device), pixels.to(model.device, dtype=model.dtype), states)
+                    model, ids.to(model.device), pixels.to(model.device, dtype=model.dtype), states,
+                    image_sizes=[image.size])
                 record: dict[str, Any] = {"question_id": sample.question_id, "visual_tokens": length}
                 for state in states:
                     record[state] = entropy_profile(per_state[state], alpha)
