@@ -8,7 +8,6 @@ rules of entropyprune.budget; the model has L = 4 layers.
 """
 
 import json
-import os
 
 import numpy as np
 import pytest
