@@ -143,7 +143,8 @@ def git_state(root: str = REPO_ROOT) -> tuple[str | None, bool | None]:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # --no-optional-locks: a status killed at the timeout must not leave index.lock behind
+    status = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return commit, (bool(status) if status is not None else None)
 
 
