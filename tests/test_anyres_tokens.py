@@ -16,7 +16,7 @@ from entropyprune.anyres_tokens import (
 
 # (width, height): square, 4:3, wide, tall, tiny (a tie between the 1x2 and 2x1 canvases), the maximum
 SHAPES = [(672, 672), (1024, 768), (1280, 480), (336, 336), (640, 480), (1008, 336), (100, 50), (50, 100),
-          (20, 300), (3000, 200), (800, 1200), (1, 1), (4032, 3024)]
+          (20, 300), (3000, 200), (800, 1200), (1, 1), (4032, 3024), (130, 16), (16, 130), (10000, 100)]
 
 
 def _transformers_count(size, pinpoints):
@@ -52,6 +52,9 @@ def test_published_counts():
     assert anyres_tokens((640, 480)).total == 576 + 36 * 48 + 36 == 2340
     assert anyres_tokens((1008, 336)).total == 576 + 24 * 72 + 24 == 2328
     assert anyres_tokens((336, 336)).total == 576 + 24 * 24 + 24 == 1176
+    # small and wide: a tie between the 1x2 and 2x1 canvases goes to 336x672 (first listed), whose 48 x 24 grid
+    # unpads to int(16 * 24 / 130) = 2 rows: fewer tokens than a keep of 640
+    assert anyres_tokens((130, 16)).total == 576 + 2 * 24 + 2 == 626
 
 
 def test_tie_goes_to_the_first_listed_pinpoint():

@@ -106,3 +106,14 @@ def test_without_pruning_each_image_keeps_its_v(setup):
     assert _per_answer(rows, "kept_tokens") == [[v] for v in V]
     assert record["per_image"]["avg_tokens"] == record["per_image"]["visual_tokens"]
     assert record["method"] is None and record["keep"] == sum(V) / 3
+
+
+def test_the_ecl_registry_has_no_llava_next_entry(tmp_path, monkeypatch):
+    from entropyprune import PruneConfig
+    from entropyprune.ecl import BUILTIN_LAYERS, REGISTRY_ENV, ECLNotFoundError, resolve_auto_layer
+
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "registry.json"))  # no measured entries
+    assert not [name for name in BUILTIN_LAYERS if "v1.6" in name or "next" in name]
+    with pytest.raises(ECLNotFoundError, match=r"^--prune-layer auto: no Entropy Collapse Layer is known for "
+                                               r"'liuhaotian/llava-v1.6-vicuna-7b'"):
+        resolve_auto_layer(PruneConfig(method="entropy", layer="auto", keep=320), "liuhaotian/llava-v1.6-vicuna-7b")
