@@ -67,6 +67,14 @@ halves rounded up, unlike the paper's Eq. 16, whose r is the *removed* fraction)
 ``entropyprune.config.PruneConfig.resolve`` does, so ``entropyprune flops`` and a run keep the same N.
 ``prefill_flops`` itself accepts any 0 <= N <= V.
 
+LLaVA-1.6 (LLaVA-NeXT): V per image shape
+-----------------------------------------
+
+The presets ``llava-next-7b`` and ``llava-next-mistral-7b`` cut images into anyres crops; V for an image
+of a given width x height is :func:`entropyprune.anyres_tokens.anyres_tokens` (base view + unpadded crop
+grid + newlines, up to 2928), which ``entropyprune flops --image-size WxH`` passes as ``n_visual``, and
+``views_per_image`` (base + crops) scales the vision count.
+
 Table 5 reproduction (LLaVA-1.5-7B, MME, EntropyPrune rows)
 ===========================================================
 
