@@ -67,6 +67,14 @@ halves rounded up, unlike the paper's Eq. 16, whose r is the *removed* fraction)
 ``entropyprune.config.PruneConfig.resolve`` does, so ``entropyprune flops`` and a run keep the same N.
 ``prefill_flops`` itself accepts any 0 <= N <= V.
 
+LLaVA-1.6 (LLaVA-NeXT): V per image shape
+-----------------------------------------
+
+The presets ``llava-next-7b`` and ``llava-next-mistral-7b`` cut images into anyres crops; V for an image
+of a given width x height is :func:`entropyprune.anyres_tokens.anyres_tokens` (base view + unpadded crop
+grid + newlines, up to 2928), which ``entropyprune flops --image-size WxH`` passes as ``n_visual``, and
+``views_per_image`` (base + crops) scales the vision count.
+
 Table 5 reproduction (LLaVA-1.5-7B, MME, EntropyPrune rows)
 ===========================================================
 
@@ -124,13 +132,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from entropyprune import budget
+from entropyprune.anyres_tokens import LLAVA_NEXT_PINPOINTS, pinpoints_from_config
 from entropyprune.budget import BudgetError
 
 __all__ = [
     "LMShape",
     "VisionShape",
     "PRESETS",
+    "ANYRES_PRESETS",
     "VISION_PRESETS",
+    "anyres_pinpoints",
     "TABLE5",
     "BudgetError",
     "resolve_shape",
@@ -229,7 +240,15 @@ class LMShape:
 PRESETS: dict[str, LMShape] = {
     "llava-1.5-7b": LMShape(32, 4096, 11008, 32, 32, 128, 32000),
     "llava-1.5-13b": LMShape(40, 5120, 13824, 40, 40, 128, 32000),
+    # LLaVA-1.6 (LLaVA-NeXT): llava-v1.6-vicuna-7b (Vicuna-7B, the 1.5-7b shape) and llava-v1.6-mistral-7b
+    # (Mistral-7B-Instruct-v0.2: FFN 14336, 8 key/value heads)
+    "llava-next-7b": LMShape(32, 4096, 11008, 32, 32, 128, 32000),
+    "llava-next-mistral-7b": LMShape(32, 4096, 14336, 32, 8, 128, 32000),
 }
+
+# Presets that cut images into anyres crops: their grid pinpoints ([width, height]), for --image-size.
+ANYRES_PRESETS: dict[str, tuple] = {"llava-next-7b": LLAVA_NEXT_PINPOINTS,
+                                    "llava-next-mistral-7b": LLAVA_NEXT_PINPOINTS}
 
 
 @dataclass(frozen=True)
@@ -275,6 +294,21 @@ def resolve_shape(spec: str | os.PathLike | Mapping[str, Any] | LMShape) -> LMSh
             f"{os.fspath(spec)}: not a preset ({', '.join(PRESETS)}) and no such config.json or folder"
         )
     return LMShape.from_config(spec)
+
+
+def anyres_pinpoints(spec: str | os.PathLike | Mapping[str, Any]) -> list[tuple[int, int]] | None:
+    """The grid pinpoints ([width, height]) of an anyres (LLaVA-1.6) preset or config.json (path, folder or
+    dict), or None for a model that gives every image one view (LLaVA-1.5)."""
+    if isinstance(spec, str) and spec in PRESETS:
+        points = ANYRES_PRESETS.get(spec)
+        return None if points is None else [tuple(p) for p in points]
+    if isinstance(spec, Mapping):
+        return pinpoints_from_config(spec)
+    path = os.fspath(spec)
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    with open(path, encoding="utf-8") as fh:
+        return pinpoints_from_config(json.load(fh))
 
 
 def resolve_keep(
@@ -416,6 +450,7 @@ def prefill_flops(
     attention: str = "full",
     vision: VisionShape | str | None = None,
     visual_per_layer: list[int] | None = None,
+    views_per_image: int = 1,
 ) -> dict[str, Any]:
     """FLOPs of a prefill (plus ``decode_steps`` greedy steps) with ``keep`` visual tokens per image
     surviving layer ``layer``; ``keep=None`` is the unpruned model. ``visual_per_layer`` (L counts per
@@ -424,7 +459,8 @@ def prefill_flops(
     Returns a dict with the pruned counts (``prefill``, ``decode``, ``lm_head``, ``vision``, ``total``,
     ``terms`` summed over layers and steps, ``per_layer`` rows ``{layer, tokens, prefill, decode,
     kv_tokens}``, ``tokens_per_layer``), the same totals for the unpruned model under ``baseline``, and
-    ``fraction`` = total / unpruned total (what Table 5 reports as FLOPs %).
+    ``fraction`` = total / unpruned total (what Table 5 reports as FLOPs %). ``views_per_image``: tower
+    inputs per image for the ``vision`` count (LLaVA-1.6: the base view plus its crops).
     """
     L = shape.num_layers
     for name, value in (
@@ -456,7 +492,10 @@ def prefill_flops(
         kept = visual_per_layer[-1]
     else:
         tokens = [n_text + n_images * (n_visual if i < layer else kept) for i in range(L)]
-    vis = vision_flops(vision, shape.hidden_size, n_images)["total"] if vision is not None and n_images else 0
+    if int(views_per_image) != views_per_image or views_per_image < 1:
+        raise ValueError(f"views_per_image must be a positive integer, got {views_per_image!r}")
+    vis = (vision_flops(vision, shape.hidden_size, n_images * views_per_image)["total"]
+           if vision is not None and n_images else 0)
 
     def summary(counts: dict[str, Any]) -> dict[str, Any]:
         lm_head = counts["lm_head_prefill"] + counts["lm_head_decode"]

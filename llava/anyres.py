@@ -26,19 +26,13 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+# The pure arithmetic (which canvas, which part of the grid the image fills) lives in entropyprune, so
+# that the FLOPs tool counts LLaVA-1.6's tokens without this package; re-exported under LLaVA's names.
+from entropyprune.anyres_tokens import select_best_resolution, unpadded_extent
 
-def select_best_resolution(image_size: tuple[int, int], pinpoints) -> tuple[int, int]:
-    """The (width, height) of `pinpoints` that shows most of an image of `image_size` (width, height): the
-    largest downscaled area (capped at the image's own), then the least unused area; the first wins ties."""
-    width, height = image_size
-    best, best_effective, best_wasted = None, 0, math.inf
-    for pw, ph in pinpoints:
-        scale = min(pw / width, ph / height)
-        effective = min(int(width * scale) * int(height * scale), width * height)
-        wasted = pw * ph - effective
-        if effective > best_effective or (effective == best_effective and wasted < best_wasted):
-            best, best_effective, best_wasted = (pw, ph), effective, wasted
-    return best
+__all__ = ["ImageLayout", "anyres_num_tokens", "divide_to_patches", "feature_layout", "get_anyres_image_grid_shape",
+           "process_anyres_image", "resize_and_pad_image", "resized_size", "select_best_resolution",
+           "unpadded_extent"]
 
 
 def resized_size(image_size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
@@ -125,19 +119,6 @@ class ImageLayout:
         """The first `n` tokens' record (the splice cut the span at the context length)."""
         return ImageLayout(self.newline[:n], self.crop[:n], self.patch[:n], self.grid, self.crops,
                            self.base_tokens, self.newline_rows)
-
-
-def unpadded_extent(image_size: tuple[int, int], rows: int, cols: int) -> tuple[int, int, int, int]:
-    """(first row, row count, first column, column count) of a `rows x cols` feature grid that hold the image
-    of `image_size` (width, height) once the canvas's black bands are cut off, as transformers' unpad_image."""
-    width, height = image_size
-    if width / height > cols / rows:  # wider than the grid: bands above and below
-        new_rows = int(round(height * (cols / width), 7))
-        pad = (rows - new_rows) // 2
-        return pad, rows - 2 * pad, 0, cols
-    new_cols = int(round(width * (rows / height), 7))
-    pad = (cols - new_cols) // 2
-    return 0, rows, pad, cols - 2 * pad
 
 
 def feature_layout(image_size: tuple[int, int] | None, views: int, per_side: int, merge: str, pinpoints,

@@ -5,6 +5,7 @@ registered in ``COMMANDS``; ``ecl`` and ``report`` keep theirs next to their cod
 entropyprune.report).
 
     entropyprune flops --model llava-1.5-7b --layer 2 --avg-tokens 192 --text-tokens 62 [--vision]
+    entropyprune flops --model llava-next-7b --image-size 1024x768 --layer 2 --keep 320 --text-tokens 62
     entropyprune ecl --model-path CKPT --question-file Q.jsonl --image-folder DIR --samples 64 --out DIR
     entropyprune report results [--out DIR] [--table layers|comparison|all]
 """
@@ -88,7 +89,12 @@ def _flops_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N_TEXT",
         help="non-visual prompt tokens (system + question), e.g. 62 for an MME prompt",
     )
-    p.add_argument("--visual-tokens", type=_non_negative_int, default=576, metavar="V", help="per image")
+    visual = p.add_mutually_exclusive_group()
+    visual.add_argument("--visual-tokens", type=_non_negative_int, default=None, metavar="V",
+                        help="per image (default: 576, one LLaVA-1.5 view)")
+    visual.add_argument("--image-size", default=None, metavar="WxH",
+                        help="an anyres (LLaVA-1.6) model: V is what an image of this width x height takes "
+                             "(base view + unpadded crop grid + newlines), e.g. 1024x768")
     p.add_argument("--images", type=_non_negative_int, default=1, help="images in the prompt (default: 1)")
     p.add_argument("--decode-steps", type=_non_negative_int, default=0, help="generated tokens (default: 0)")
     p.add_argument(
@@ -159,6 +165,7 @@ def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int, stages:
         attention=args.attention,
         vision="clip-vit-l-14-336" if args.vision else None,
         visual_per_layer=per_layer,
+        views_per_image=1 if getattr(args, "anyres", None) is None else args.anyres.views,
     )
     removed = 1 - keep / V if V else 0.0
     n_vis = args.images * V
@@ -167,6 +174,7 @@ def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int, stages:
     kv_full = [args.text_tokens + args.images * V + args.decode_steps] * L
     vis_tokens = [args.images * (per_layer[i] if per_layer else (V if i < K else keep)) for i in range(L)]
     budget = next(name for name in ("keep", "avg_tokens", "ratio") if getattr(args, name) is not None)
+    anyres = getattr(args, "anyres", None)
     return {
         "model": args.model,
         "method": args.method,
@@ -178,6 +186,8 @@ def _flops_report(args: argparse.Namespace, shape: F.LMShape, keep: int, stages:
         "avg_visual_tokens": res["avg_visual_tokens"],
         "text_tokens": args.text_tokens,
         "visual_tokens": V,
+        "image_size": args.image_size,
+        "anyres": None if anyres is None else {**asdict(anyres), "views": anyres.views},
         "images": args.images,
         "decode_steps": args.decode_steps,
         "attention": args.attention,
@@ -221,6 +231,12 @@ def _print_flops_table(rep: dict, shape: F.LMShape) -> None:
             f"budget     {flag} {budget['value']} -> keep {rep['keep']} of {V} visual tokens per image after "
             f"layer {K} (average {rep['avg_visual_tokens']:.1f} over {s.num_layers} layers)"
         )
+    a = rep.get("anyres")
+    if a:
+        canvas, crops = "x".join(map(str, a["canvas"])), "x".join(map(str, a["crops"]))
+        grid = "x".join(map(str, a["grid"]))
+        print(f"image      {rep['image_size']}: canvas {canvas}, {crops} crops (rows x cols); V = {a['base']} base + "
+              f"{grid} grid + {a['newlines']} newlines = {rep['visual_tokens']} ({a['views']} views through the tower)")
     parts = []
     for first, last, n in _layer_groups(rep["tokens_per_layer"]):
         span = f"layer {first}" if first == last else f"layers {first}-{last}"
@@ -266,6 +282,27 @@ def cmd_flops(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         shape = F.resolve_shape(args.model)
     except (OSError, ValueError) as exc:
         parser.error(f"--model: {exc}")
+    args.anyres = None
+    if args.image_size is not None:
+        from entropyprune.anyres_tokens import anyres_tokens, parse_image_size
+
+        try:
+            size = parse_image_size(args.image_size)
+            points = F.anyres_pinpoints(args.model)
+        except ValueError as exc:
+            parser.error(f"--image-size: {exc}")
+        if points is None:
+            parser.error(f"--image-size needs an anyres (LLaVA-1.6) model, but --model {args.model} gives every "
+                         "image one view: pass --visual-tokens V, or --model llava-next-7b")
+        if args.measured:
+            parser.error("--measured builds LLaVA-1.5's one-view model; drop --measured with --image-size")
+        try:
+            args.anyres = anyres_tokens(size, points)
+        except ValueError as exc:
+            parser.error(f"--image-size {args.image_size}: {exc}")
+        args.visual_tokens = args.anyres.total
+    elif args.visual_tokens is None:
+        args.visual_tokens = 576
     try:
         keep = F.resolve_keep(
             shape.num_layers,

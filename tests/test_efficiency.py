@@ -187,3 +187,16 @@ def test_sync_check_runs_the_vision_stage_method_inside_the_splice(loaded_tiny, 
     finally:
         model.get_model().clip_text, model.get_model().clip_text_name = saved
         model.set_prune(None)
+
+
+def test_benchmarks_refuse_a_llava_next_checkpoint_in_one_line(tmp_path):
+    from llava.bench import efficiency, prefill_tiny
+    from llava.tools.make_tiny_checkpoint import build
+
+    for fmt in ("llava", "hf"):  # image_aspect_ratio anyres; model_type llava_next
+        path = build(str(tmp_path / fmt), fmt, next_=True)
+        for main, tool in ((efficiency.main, "efficiency"), (prefill_tiny.main, "prefill_tiny")):
+            with pytest.raises(ValueError, match=rf"^python -m llava.bench.{tool} --model-path .*: a LLaVA-1.6 "
+                                                 r"\(anyres\) checkpoint.*--image-size WxH` for its FLOPs and KV$"):
+                main(["--model-path", path])
+    efficiency.refuse_anyres(str(tmp_path / "nothing"), "x")  # LLaVA-1.5 / unknown: nothing to refuse

@@ -250,3 +250,52 @@ def test_cli_errors_name_the_flag(capsys, argv, message):
     assert exc.value.code == 2
     err = capsys.readouterr()
     assert message in err.err and err.out == ""
+
+
+def test_cli_image_size_counts_llava_next_tokens_per_shape(capsys, tmp_path):
+    # 1024x768 on the published pinpoints: canvas 672x672 (2x2 crops), the 48x48 grid cut to 36 rows of 48
+    # (768 * 48 / 1024 = 36), a newline per row: V = 576 + 36 * 48 + 36 = 2340
+    argv = ["flops", "--model", "llava-next-7b", "--image-size", "1024x768", "--keep", "320", "--layer", "2",
+            "--text-tokens", "62", "--vision", "--json"]
+    code, out = _run(capsys, *argv)
+    rep = json.loads(out.out)
+    assert code == 0 and rep["visual_tokens"] == 2340 and rep["keep"] == 320
+    assert rep["anyres"]["grid"] == [36, 48] and rep["anyres"]["views"] == 5
+    assert rep["tokens_per_layer"] == [62 + 2340] * 2 + [62 + 320] * 30
+    # fp16 K and V of the visual tokens: (2 layers x 2340 + 30 x 320) tokens x 2 x 4096 x 2 bytes
+    assert rep["kv_cache_bytes"]["visual"] == (2 * 2340 + 30 * 320) * 2 * 4096 * 2
+    assert rep["avg_visual_tokens"] == (2 * 2340 + 30 * 320) / 32
+    # the tower runs on the base view and the four crops
+    one_view = F.vision_flops(F.VISION_PRESETS["clip-vit-l-14-336"], 4096)["total"]
+    assert rep["flops"]["vision"] == 5 * one_view
+    # the same from a LLaVA-format config.json with its pinpoints; the table names the shape
+    cfg = {"num_hidden_layers": 32, "hidden_size": 4096, "intermediate_size": 11008, "num_attention_heads": 32,
+           "image_aspect_ratio": "anyres", "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672],
+                                                                    [1008, 336], [336, 1008]]}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    code, out = _run(capsys, "flops", "--model", str(tmp_path), "--image-size", "1280x480", "--keep", "320",
+                     "--text-tokens", "62")
+    # 1280x480: canvas 1008x336 (1x3 crops), grid 24 x 72 cut to 64 columns (1280 * 24 / 480): 576 + 24*64 + 24
+    assert code == 0 and "keep 320 of 2136 visual tokens" in out.out
+    assert "V = 576 base + 24x64 grid + 24 newlines = 2136 (4 views" in out.out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--image-size", "1024x768"], "--image-size needs an anyres (LLaVA-1.6) model, but --model llava-1.5-7b"),
+        (["--image-size", "1024", "--model", "llava-next-7b"],
+         "--image-size: image size '1024': expected WIDTHxHEIGHT"),
+        (["--image-size", "1024x768", "--visual-tokens", "9"], "not allowed with argument"),
+        (["--image-size", "64x64", "--model", "llava-next-7b", "--keep", "2000"],
+         "--keep 2000 keeps 2000 of 1176 visual tokens"),
+    ],
+)
+def test_cli_image_size_errors(capsys, argv, message):
+    if "--keep" not in argv:
+        argv = [*argv, "--keep", "320"]
+    with pytest.raises(SystemExit) as exc:
+        main(["flops", "--text-tokens", "62", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr()
+    assert message in err.err and err.out == ""

@@ -330,3 +330,21 @@ def test_a_run_is_finished_only_when_its_record_and_answers_are_complete(tmp_pat
     assert finished(str(tmp_path), "mme", "run") is None
     record.write_text("{")
     assert finished(str(tmp_path), "mme", "run") is None
+
+
+def test_table_2_is_a_method_sweep_on_the_llava_next_checkpoint():
+    # Table 2 (LLaVA-NeXT-7B): the in-LLM methods at an absolute 640 / 320 / 160 after layer 2 on five
+    # benchmarks; the vision-stage methods are refused on LLaVA-1.6, so METHODS names the others.
+    benchmarks = "textvqa mmvet ocrbench mmmu ai2d"
+    _, runs, benches, notes = plan("methods", CKPT="llava-v1.6-vicuna-7b", METHODS="fastv pdrop sparsevlm dart entropy",
+                                   KEEP="640 320 160", BENCHMARKS=benchmarks)
+    assert benches == benchmarks.split() and notes == []
+    assert len(runs) == 5 * (1 + 3 * 5)
+    text = [r for r in runs if r.bench == "textvqa"]
+    assert text[0].name == "llava-v1.6-vicuna-7b-methods-vanilla"
+    assert [r.name for r in text[1:6]] == [f"llava-v1.6-vicuna-7b-methods-{m}-L2-keep640"
+                                           for m in ("fastv", "pdrop", "sparsevlm", "dart", "entropy")]
+    assert text[5].env == {"METHOD": "entropy", "LAYER": "2", "KEEP": "640",
+                           "RUN_NAME": "llava-v1.6-vicuna-7b-methods-entropy-L2-keep640"}
+    assert [r.env["KEEP"] for r in text[5::5]] == ["640", "320", "160"]
+    assert all(os.path.isfile(os.path.join(REPO, "scripts", "eval", f"{b}.sh")) for b in benches)

@@ -136,6 +136,22 @@ def _parse_method_options(items: list[str], methods: list[str]) -> dict[str, dic
     return {m: parse_option_args(v) for m, v in out.items()}
 
 
+def refuse_anyres(model_path: str, tool: str, config=None) -> None:
+    """One line for a LLaVA-1.6 (anyres) checkpoint: these benchmarks time one 576-token view per image
+    (prompts, budgets and the cache check assume it); read from its config.json before any weights load."""
+    if config is None:
+        path = os.path.join(os.path.expanduser(model_path), "config.json")
+        if not os.path.isfile(path):
+            return  # a hub id: checked on the loaded model's config
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    get = config.get if isinstance(config, dict) else (lambda k, c=config: getattr(c, k, None))
+    if get("model_type") == "llava_next" or get("image_aspect_ratio") == "anyres":
+        raise ValueError(f"{tool} {model_path}: a LLaVA-1.6 (anyres) checkpoint, whose images have V per shape; "
+                         "this benchmark times one 576-token view per image and has no per-shape mode: use "
+                         "`entropyprune flops --model llava-next-7b --image-size WxH` for its FLOPs and KV")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llava.bench.efficiency",
                                 description="Measured prefill, latency, KV cache, memory and FLOPs of pruning "
@@ -204,10 +220,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     device, dtype = device_and_dtype(args.device, args.dtype)
     torch.manual_seed(args.seed)
 
+    if args.model_path:
+        refuse_anyres(args.model_path, "python -m llava.bench.efficiency --model-path")
     t_load = time.perf_counter()
     if args.model_path:
         tokenizer, model, image_processor, _ = load_pretrained_model(args.model_path, device=str(device),
                                                                      torch_dtype=dtype)
+        refuse_anyres(args.model_path, "python -m llava.bench.efficiency --model-path", model.config)
         arch = os.path.basename(os.path.normpath(args.model_path))
         budget_layers = args.budget_layers or model.config.num_hidden_layers
     else:

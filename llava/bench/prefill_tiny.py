@@ -30,6 +30,10 @@ def main(argv=None) -> None:
     from llava.tools.demo import demo_image
     from llava.tools.make_tiny_checkpoint import build
 
+    if args.model_path:
+        from llava.bench.efficiency import refuse_anyres
+
+        refuse_anyres(args.model_path, "python -m llava.bench.prefill_tiny --model-path")
     with tempfile.TemporaryDirectory() as tmp:
         path = args.model_path or build(f"{tmp}/llava-v1.5-tiny", "llava", seed=0)
         tok, model, proc, _ = load_pretrained_model(path, device="cpu")

@@ -117,8 +117,14 @@ def kept_counts(trace_row: list) -> list[int]:
     return [int(stages[-1].kept.numel()) + stages[-1].merged for stages in trace_row if stages]
 
 
+def stage_counts(trace_row: list) -> list[tuple[int, list[tuple[int, int]]]]:
+    """Per pruned image of a row: (its visual tokens before pruning, [(layer, tokens after that stage), ...])."""
+    return [(int(stages[0].length), [(int(st.layer), int(st.kept.numel()) + st.merged) for st in stages])
+            for stages in trace_row if stages]
+
+
 def _answer_window(model, window: list[tuple[Any, Prepared]], batch_size: int, bucket: bool,
-                   generate_kwargs: dict, with_counts: bool = False) -> Iterator[tuple]:
+                   generate_kwargs: dict, with_counts: bool = False, with_stages: bool = False) -> Iterator[tuple]:
     order = list(range(len(window)))
     if bucket:
         tower = model.get_vision_tower()
@@ -130,19 +136,24 @@ def _answer_window(model, window: list[tuple[Any, Prepared]], batch_size: int, b
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]
         outs = generate_rows(model, [window[i][1] for i in batch], **generate_kwargs)
-        trace = model.get_model().prune_trace if with_counts else None
+        trace = model.get_model().prune_trace if with_counts or with_stages else None
         for row, (i, ids) in enumerate(zip(batch, outs, strict=True)):
-            done[i] = (ids, kept_counts(trace[row]) if trace else []) if with_counts else ids
+            got = (ids,)
+            if with_counts:
+                got += (kept_counts(trace[row]) if trace else [],)
+            if with_stages:
+                got += (stage_counts(trace[row]) if trace else [],)
+            done[i] = got
         while emitted in done:
-            got = done.pop(emitted)
-            yield (window[emitted][0], *got) if with_counts else (window[emitted][0], got)
+            yield (window[emitted][0], *done.pop(emitted))
             emitted += 1
 
 
 def answer_stream(model, pairs: Iterable[tuple[Any, Prepared]], batch_size: int = 1, window: int | None = None,
-                  with_counts: bool = False, **generate_kwargs) -> Iterator[tuple]:
+                  with_counts: bool = False, with_stages: bool = False, **generate_kwargs) -> Iterator[tuple]:
     """(item, new token ids) for every (item, prepared) of `pairs`, in their order; with `with_counts`,
-    (item, ids, visual tokens each of the row's images kept), for methods that choose their own count.
+    (item, ids, visual tokens each of the row's images kept), for methods that choose their own count; with
+    `with_stages`, also each pruned image's :func:`stage_counts` (its V and what each stage left), last.
 
     An error raised while `pairs` is read (an image that cannot be decoded) is raised after the answers of
     every item before it, so a failing question stops the run where it would at batch size 1.
@@ -165,7 +176,8 @@ def answer_stream(model, pairs: Iterable[tuple[Any, Prepared]], batch_size: int 
                         break
             except Exception as err:  # raised below, after the answers gathered before it
                 error = err
-            yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs, with_counts)
+            yield from _answer_window(model, gathered, batch_size, bucket, generate_kwargs, with_counts,
+                                      with_stages)
             if error is not None:
                 raise error
             if len(gathered) < size:

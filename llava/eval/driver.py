@@ -203,6 +203,14 @@ def budget_info(prune, model) -> dict:
     num_visual = tower.num_patches if tower is not None else None
     info = {"num_layers": num_layers, "num_visual_tokens": num_visual, "method": None, "layer": None,
             "kept_tokens": num_visual, "avg_tokens_equivalent": num_visual}
+    if num_visual is not None and per_image_counts(model):
+        # LLaVA-1.6: V differs per image, so no one count holds; each answer's metadata says its images'
+        # V, kept N and average (from the prune trace) and the run record aggregates them.
+        info.update(num_visual_tokens=None, kept_tokens=None, avg_tokens_equivalent=None, per_image=True)
+        if prune is not None:
+            layer = prune.layer if prune.adaptive else prune.schedule(num_layers, num_visual)[0].layer
+            info.update(method=prune.method, layer=layer, method_options=prune.options)
+        return info
     if prune is not None and num_visual is not None and prune.adaptive:
         # Each image's count is the method's choice: the record gathers them from the answers' metadata.
         info.update(method=prune.method, layer=0, kept_tokens=None, avg_tokens_equivalent=None, adaptive=True,
@@ -215,6 +223,30 @@ def budget_info(prune, model) -> dict:
         if len(stages) > 1 or stages[0].merged:
             info["stages"] = [{"layer": st.layer, "kept": st.keep, "merged": st.merged} for st in stages]
     return info
+
+
+def per_image_counts(model) -> bool:
+    """Whether each image's visual-token count V is its own (LLaVA-1.6's anyres), not the tower's."""
+    return getattr(model.config, "image_aspect_ratio", None) == "anyres"
+
+
+def image_counts(visual: list[int], stages: list, num_layers: int) -> dict:
+    """An answer's per-image record on LLaVA-1.6: each image's V, the N it kept after its last stage and
+    its average over all L layers (V before the first stage, then each stage's count). `stages`: the prune
+    trace's :func:`llava.eval.batching.stage_counts` for the row (empty without pruning: nothing was cut)."""
+    from types import SimpleNamespace
+
+    from entropyprune.config import stages_average
+
+    if not stages:
+        stages = [(v, []) for v in visual]
+    out: dict = {"visual_tokens": [], "kept_tokens": [], "avg_tokens": []}
+    for v, per_stage in stages:
+        steps = [SimpleNamespace(layer=layer, out=n) for layer, n in per_stage]
+        out["visual_tokens"].append(v)
+        out["kept_tokens"].append(steps[-1].out if steps else v)
+        out["avg_tokens"].append(float(stages_average(steps, num_layers, v)))
+    return out
 
 
 def _version() -> str:
@@ -282,7 +314,7 @@ def run(bench: Benchmark, args: argparse.Namespace, loaded=None, env: Mapping[st
             done = answered_keys(bench, read_answers(out, truncate_partial=True), out)
             todo = pending_items(bench, mine, done)
             _check_images(todo)
-            if todo or meta is None or meta.get("kept_tokens") is None:
+            if todo or meta is None or (meta.get("kept_tokens") is None and not meta.get("per_image")):
                 meta = _answer(bench, args, shard, settings, prune, mine, todo, loaded, started)
             else:
                 print(f"{out}: all {len(mine)} answers present; nothing to do", file=sys.stderr)
@@ -349,9 +381,9 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     write_json(meta_path(shard.answers_file), meta)
 
     # id(item) -> (its prompt's text tokens, image markers, its images' visual tokens when they vary: LLaVA-1.6)
-    text_tokens: dict[int, tuple[int, int, int | None]] = {}
+    text_tokens: dict[int, tuple[int, int, list[int] | None]] = {}
     anyres = None
-    if getattr(model.config, "image_aspect_ratio", None) == "anyres":
+    if per_image_counts(model):
         from llava.anyres import anyres_num_tokens
 
         tower = model.get_vision_tower()
@@ -367,7 +399,7 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
         images = item.load_image() if item.num_images > 1 else [item.load_image()]
         if anyres is not None:  # LLaVA-1.6: each image's own V (the splice, before any in-LLM pruning)
             text_tokens[id(item)] = (input_ids.numel() - markers, markers,
-                                     sum(anyres_num_tokens(im.size, model.config, *anyres) for im in images))
+                                     [anyres_num_tokens(im.size, model.config, *anyres) for im in images])
         pixels = process_images(images, image_processor, model.config)
         return Prepared(input_ids, pixels, [image.size for image in images], instruction_text(item.question))
 
@@ -380,9 +412,10 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     # in LLaVA, but never silent: the answer's metadata and the run record say which prompts were cut.
     limit = getattr(model.config, "tokenizer_model_max_length", None)
     spliced = _spliced_per_image(prune, model)
+    num_layers = model.config.num_hidden_layers
     truncated = 0
     stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
-                           with_counts=adaptive,
+                           with_counts=adaptive, with_stages=anyres is not None,
                            do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
                            num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
     with AnswerWriter(shard.answers_file) as writer, closing(stream):
@@ -392,7 +425,10 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             if adaptive:  # the method chose each image's count: the answer says what it kept
                 answer.setdefault("metadata", {})["kept_tokens"] = counts[0]
             words, markers, visual = text_tokens.pop(id(item))
-            length = words + (sum(counts[0]) if adaptive else visual if visual is not None else markers * spliced)
+            if anyres is not None and visual:  # LLaVA-1.6: what each image really had and kept
+                answer.setdefault("metadata", {}).update(image_counts(visual, counts[-1], num_layers))
+            length = words + (sum(counts[0]) if adaptive else sum(visual) if visual is not None else
+                              markers * spliced)
             if limit is not None and length > limit:
                 answer.setdefault("metadata", {})["truncated"] = {"prompt_tokens": length, "kept_tokens": limit}
                 truncated += 1

@@ -12,6 +12,9 @@ drivers), the scores from the scorer's JSON summary (never from its printed line
   method (null without pruning), layer, keep (N visual tokens kept per image after layer K),
   avg_tokens (its average-token equivalent over all L layers), ratio, states, variant, budget (as asked:
   {"keep"|"avg_tokens"|"ratio": value}), prune (the whole PruneConfig or null), num_layers, visual_tokens
+  (V per image); on LLaVA-1.6, where V is each image's own, keep / avg_tokens / visual_tokens are the means
+  over the images and per_image gives {"visual_tokens"|"kept_tokens"|"avg_tokens": {min, median, max,
+  mean}, "images"} from the answers' metadata (the prune trace of each prefill)
   scores (flat: name -> number), score_name / score (the headline number), score_note
   answers, questions, truncated_prompts (prompts cut at the context length), answers_file, scores_file,
   submission
@@ -140,7 +143,8 @@ def git_state(root: str = REPO_ROOT) -> tuple[str | None, bool | None]:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # --no-optional-locks: a status killed at the timeout must not leave index.lock behind
+    status = git("--no-optional-locks", "status", "--porcelain", "--untracked-files=no")
     return commit, (bool(status) if status is not None else None)
 
 
@@ -224,6 +228,27 @@ def check_answers(answers: str, rows: list[tuple[int, dict]], meta: dict) -> Non
                              "the file mixes runs. Rerun into a fresh answers file.")
 
 
+def _stats(values: list) -> dict:
+    ordered = sorted(values)
+    n = len(ordered)
+    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+    return {"min": ordered[0], "median": median, "max": ordered[-1], "mean": sum(ordered) / n}
+
+
+def per_image_summary(metadata: list[dict]) -> dict | None:
+    """min / median / max / mean over every image of the answers of its V, its kept N and its
+    average-token equivalent (each with the image's own V), or None when no answer records them."""
+    columns: dict[str, list] = {"visual_tokens": [], "kept_tokens": [], "avg_tokens": []}
+    for m in metadata:
+        if m.get("visual_tokens") is None:
+            continue
+        for key, values in columns.items():
+            values += m.get(key) or ()
+    if not columns["visual_tokens"]:
+        return None
+    return {**{key: _stats(values) for key, values in columns.items()}, "images": len(columns["visual_tokens"])}
+
+
 def build_record(benchmark: str, run_name: str, answers: str, scores_json: str | None, wall_time: float | None,
                  submission: str | None = None) -> dict:
     if benchmark not in BENCHMARKS:
@@ -253,6 +278,12 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         if counts:
             kept = avg = sum(counts) / len(counts)  # at the vision stage every layer sees what was kept
             chosen = {"mean": kept, "min": min(counts), "max": max(counts), "images": len(counts)}
+    visual = meta.get("num_visual_tokens")
+    per_image = None
+    if meta.get("per_image"):  # LLaVA-1.6: each answer's metadata says what its images had and kept
+        per_image = per_image_summary([(row.get("metadata") or {}) for _, row in answer_rows])
+        if per_image:
+            visual, kept, avg = (per_image[k]["mean"] for k in ("visual_tokens", "kept_tokens", "avg_tokens"))
     return {
         "run_name": run_name,
         "benchmark": benchmark,
@@ -269,7 +300,8 @@ def build_record(benchmark: str, run_name: str, answers: str, scores_json: str |
         "budget": budget,
         "prune": prune,
         "num_layers": meta.get("num_layers"),
-        "visual_tokens": meta.get("num_visual_tokens"),
+        "visual_tokens": visual,
+        "per_image": per_image,
         "scores": scores,
         "score_name": headline,
         "score": scores.get(headline),
@@ -309,8 +341,15 @@ def format_table(record: dict) -> str:
     width = max([len(n) for n, _ in rows] + [len("score")])
     lines = [f"{record['benchmark']} | {record['run_name']}"]
     prune = f"{record['method']} at layer {record['layer']}" if record["method"] else "none"
-    lines.append(f"pruning: {prune}; visual tokens kept per image: {record['keep']} of {record['visual_tokens']} "
-                 f"(average over layers: {record['avg_tokens']:.4g})" if record["keep"] is not None else "")
+    per = record.get("per_image")
+    if per:
+        v, n, a = (per[k] for k in ("visual_tokens", "kept_tokens", "avg_tokens"))
+        lines.append(f"pruning: {prune}; visual tokens per image (mean, min-max over {per['images']} images): kept "
+                     f"{n['mean']:.4g} ({n['min']}-{n['max']}) of {v['mean']:.4g} ({v['min']}-{v['max']}); "
+                     f"average over layers {a['mean']:.4g}")
+    else:
+        lines.append(f"pruning: {prune}; visual tokens kept per image: {record['keep']} of {record['visual_tokens']} "
+                     f"(average over layers: {record['avg_tokens']:.4g})" if record["keep"] is not None else "")
     lines.append(f"{'score':<{width}}  value")
     lines += [f"{name:<{width}}  {value}" for name, value in rows]
     if record["score_note"]:
