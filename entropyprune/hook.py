@@ -272,25 +272,15 @@ class PruneHook:
                                               "which replaces or merges tokens; drop the flag")
                 # The kept tokens and every newline, back in slot order; where the newlines land is the next
                 # stage's newline_pos.
-                merged_pos, order = torch.cat([candidates.gather(1, kept), newline_pos], dim=1).sort(dim=1)
+                kept, order = torch.cat([candidates.gather(1, kept), newline_pos], dim=1).sort(dim=1)
                 g.newline_pos[s:] = [order.argsort(dim=1)[:, stage.keep:]]
-                new_slots = new_first[:, None] + torch.arange(g.out(s), device=device)[None]
-                index[rows[:, None], new_slots] = cur_first[:, None] + merged_pos
-                original = original_all.gather(1, merged_pos)
-                if len(g.original) > s:
-                    g.original[s] = original
-                else:
-                    g.original.append(original)
-                for i, (b, j) in enumerate(g.members):
-                    self._records.setdefault((b, j), []).append(
-                        PruneRecord(layer, self.image_spans[b][j][0], self.image_spans[b][j][1], original[i],
-                                    sel.scores[i], 0))
-                continue
-            new_slots = new_first[:, None] + torch.arange(stage.keep, device=device)[None]
+            # kept: positions in the current span (with keep_newlines, the newlines too), ascending
+            n_kept = kept.shape[1]
+            new_slots = new_first[:, None] + torch.arange(n_kept, device=device)[None]
             index[rows[:, None], new_slots] = cur_first[:, None] + kept
             if sel.embeds is not None:
                 writes.append((rows, new_slots, sel.embeds))
-            original = inputs.original.gather(1, kept)
+            original = original_all.gather(1, kept)
             if stage.merged:
                 if sel.merged is None or sel.merged.shape[1] != stage.merged:
                     raise RuntimeError(f"method {self.cfg.method!r} must return {stage.merged} merged tokens")
@@ -304,7 +294,7 @@ class PruneHook:
             for i, (b, j) in enumerate(g.members):
                 start = self.image_spans[b][j][0]
                 self._records.setdefault((b, j), []).append(
-                    PruneRecord(layer, start, self.image_spans[b][j][1], original[i, : stage.keep], sel.scores[i],
+                    PruneRecord(layer, start, self.image_spans[b][j][1], original[i, :n_kept], sel.scores[i],
                                 stage.merged))
         new_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         for rows, slots, values in writes:
