@@ -32,6 +32,7 @@ import argparse
 import hashlib
 import os
 import re
+import statistics
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -230,9 +231,8 @@ def check_answers(answers: str, rows: list[tuple[int, dict]], meta: dict) -> Non
 
 def _stats(values: list) -> dict:
     ordered = sorted(values)
-    n = len(ordered)
-    median = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
-    return {"min": ordered[0], "median": median, "max": ordered[-1], "mean": sum(ordered) / n}
+    return {"min": ordered[0], "median": statistics.median(ordered), "max": ordered[-1],
+            "mean": sum(ordered) / len(ordered)}
 
 
 def per_image_summary(metadata: list[dict]) -> dict | None:
