@@ -117,3 +117,23 @@ def test_the_ecl_registry_has_no_llava_next_entry(tmp_path, monkeypatch):
     with pytest.raises(ECLNotFoundError, match=r"^--prune-layer auto: no Entropy Collapse Layer is known for "
                                                r"'liuhaotian/llava-v1.6-vicuna-7b'"):
         resolve_auto_layer(PruneConfig(method="entropy", layer="auto", keep=320), "liuhaotian/llava-v1.6-vicuna-7b")
+
+
+def test_a_budget_above_an_images_v_keeps_it_whole_and_is_counted(setup, capsys):
+    # --prune-keep 80: the 300x20 (V 74) and 64x64 (V 78) images have fewer tokens, so they keep all of them
+    # (capped); the 20x300 image (V 90) keeps 80. Averages (K*V + (L-K)*N) / L with K = 2.
+    rows, record = _run(setup, "cap", "--prune-method", "fastv", "--prune-layer", "2", "--prune-keep", "80",
+                        "--batch-size", "3")
+    assert _per_answer(rows, "kept_tokens") == [[74], [78], [80]]
+    assert [row["metadata"].get("capped_images", 0) for row in sorted(rows, key=lambda r: r["question_id"])] == [
+        1, 1, 0]
+    assert _per_answer(rows, "avg_tokens") == [[74.0], [78.0], [(2 * 90 + 2 * 80) / L]]
+    assert record["per_image"]["capped_images"] == 2
+    meta = json.loads(open(record["answers_file"] + ".meta.json", encoding="utf-8").read())
+    assert meta["capped_images"] == 2
+    err = capsys.readouterr().err
+    assert err.count("warning: 2 image(s) had fewer visual tokens than the budget asks") == 1
+    # a budget every image reaches caps none, and says so
+    rows, record = _run(setup, "nocap", "--prune-method", "fastv", "--prune-layer", "2", "--prune-keep", "30")
+    assert record["per_image"]["capped_images"] == 0
+    assert "fewer visual tokens than the budget" not in capsys.readouterr().err

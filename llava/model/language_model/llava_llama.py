@@ -78,6 +78,18 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
                 side = tower.config.image_size
                 visual = anyres_num_tokens((side, side), self.config, tower.num_patches_per_side, side)
+                if cfg.caps(visual):  # an image whose V is below the budget keeps all its tokens (capped)
+                    from llava.anyres import anyres_max_tokens
+
+                    visual = anyres_max_tokens(self.config, tower.num_patches_per_side, side)
+                    if cfg.caps(visual):
+                        from entropyprune.config import FLAGS
+
+                        flag = FLAGS["keep"] if cfg.keep is not None else FLAGS["avg_tokens"]
+                        given = cfg.keep if cfg.keep is not None else cfg.avg_tokens
+                        raise ValueError(f"{flag} {given} is more than the {visual} visual tokens of the largest "
+                                         "image this checkpoint's pinpoints give, so it would prune no image: use "
+                                         f"{flag} <= {visual}")
             check_prune_config(cfg, self.config, visual)
             if cfg.stage == "vision" and self.multi_view:
                 raise ValueError(f"--prune-method {cfg.method!r} prunes in the vision tower, which is not supported "
