@@ -285,11 +285,15 @@ def test_image_sizes_are_required_and_checked(ours):
         model(ids, images=pixels, image_sizes=[image.size, image.size])
 
 
-def test_vision_stage_methods_are_refused(ours):
+def test_vision_stage_methods_without_a_llava_next_path_are_refused(ours):
+    """The vision-stage methods themselves: tests/test_llava_next_vision.py."""
     from entropyprune import PruneConfig
 
     _, model, _, _ = ours["hf"]
-    with pytest.raises(ValueError, match=r"prunes in the vision tower, which is not supported for LLaVA-1\.6"):
+    with pytest.raises(ValueError, match=r"^--prune-method 'prumerge' at the vision stage is not supported for "
+                                         r"LLaVA-1\.6 \(anyres\) checkpoints"):
+        model.set_prune(PruneConfig(method="prumerge"))
+    with pytest.raises(ValueError, match=r"^--prune-method visionzip on LLaVA-1\.6: .* strip_unpad=true"):
         model.set_prune(PruneConfig(method="visionzip", layer=0, keep=20))
     model.set_prune(None)
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entropyprune.methods import Selection, register
+from entropyprune.methods import Selection, per_view_layout, register
 from entropyprune.vision_inputs import VisionInputs
 
 
@@ -58,6 +58,9 @@ from entropyprune.vision_inputs import VisionInputs
 class VisPrunerOptions:
     # Fraction of the budget taken by [CLS] attention: int(T * important_ratio) tokens; the rest are diverse.
     important_ratio: float = 0.5
+    # LLaVA-1.6 only: the official code prunes every view with the budget per view and drops unpad and
+    # image_newline from the merge. false (ours): refused on a spatial_unpad checkpoint; true: run it that way.
+    strip_unpad: bool = False
 
     def check(self) -> None:
         if not 0.0 <= self.important_ratio <= 1.0:
@@ -98,7 +101,11 @@ def vispruner_select(importance: Tensor, features: Tensor, n_keep: int, importan
     return torch.cat([order[:, :n_important], diverse], dim=1).sort(dim=-1).values
 
 
-@register("vispruner", stage="vision", options=VisPrunerOptions)
+def _anyres(options: VisPrunerOptions, merge: str) -> str:
+    return per_view_layout("vispruner", merge, options.strip_unpad)
+
+
+@register("vispruner", stage="vision", options=VisPrunerOptions, anyres=_anyres)
 def vispruner(inputs: VisionInputs, n_keep: int) -> Selection:
     importance = inputs.cls_attention(inputs.select_attention_layer()).mean(dim=1)
     options = inputs.options if inputs.options is not None else VisPrunerOptions()

@@ -420,6 +420,7 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     spliced = _spliced_per_image(prune, model)
     num_layers = model.config.num_hidden_layers
     truncated = capped = 0
+    vision_anyres = anyres is not None and prune is not None and prune.stage == "vision"
     stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
                            with_counts=adaptive, with_stages=anyres is not None,
                            do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
@@ -434,6 +435,8 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             if anyres is not None and visual:  # LLaVA-1.6: what each image really had and kept
                 answer.setdefault("metadata", {}).update(image_counts(visual, counts[-1], num_layers))
                 capped += answer["metadata"].get("capped_images", 0)
+            if visual and vision_anyres and counts[-1]:  # LLaVA-1.6 pruned before the splice: what was kept
+                visual = [steps[-1][1] for _v, steps, *_ in counts[-1]]
             length = words + (sum(counts[0]) if adaptive else sum(visual) if visual is not None else
                               markers * spliced)
             if limit is not None and length > limit:
