@@ -137,3 +137,18 @@ def test_a_budget_above_an_images_v_keeps_it_whole_and_is_counted(setup, capsys)
     rows, record = _run(setup, "nocap", "--prune-method", "fastv", "--prune-layer", "2", "--prune-keep", "30")
     assert record["per_image"]["capped_images"] == 0
     assert "fewer visual tokens than the budget" not in capsys.readouterr().err
+
+
+def test_vision_stage_methods_record_what_each_image_kept(setup):
+    # DivPrune on the merged sequence: int(round(0.25 V)), Python's round: 18.5 -> 18, 19.5 -> 20, 22.5 -> 22
+    rows, record = _run(setup, "divprune", "--prune-method", "divprune", "--prune-ratio", "0.25", "--batch-size", "3")
+    assert _per_answer(rows, "visual_tokens") == [[v] for v in V]
+    assert _per_answer(rows, "kept_tokens") == [[18], [20], [22]]
+    assert _per_answer(rows, "avg_tokens") == [[18.0], [20.0], [22.0]]  # pruned before layer 0: every layer
+    assert record["layer"] == 0 and record["per_image"]["kept_tokens"]["mean"] == 20
+    # CDPruner per view (strip_unpad): 6 of each view's 36; 1 + 3, 1 + 2 and 1 + 3 views; V is the views' tokens
+    rows, record = _run(setup, "cdpruner", "--prune-method", "cdpruner", "--prune-keep", "6", "--prune-option",
+                        "strip_unpad=true", "--batch-size", "3")
+    assert _per_answer(rows, "visual_tokens") == [[144], [108], [144]]
+    assert _per_answer(rows, "kept_tokens") == [[24], [18], [24]]
+    assert not any("truncated" in row["metadata"] for row in rows)

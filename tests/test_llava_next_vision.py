@@ -266,6 +266,46 @@ def test_visionzip_keeps_and_lays_out_the_official_tokens_of_every_view(loaded, 
         model.set_prune(None)
 
 
+def test_a_flat_merge_checkpoint_concatenates_the_views_as_the_official_flat_branches(loaded, ckpts):
+    """mm_patch_merge_type flat: CDPruner's official flat branch keeps each view's kept patches, views in turn;
+    VisionZip's concatenates every view's CLS, dominant and contextual tokens."""
+    tok, model, proc, _ = loaded["llava"]
+    ids, batch, mask, px, sizes = _batch(tok, model, proc)
+    model.config.mm_patch_merge_type = "flat"
+    try:
+        model.set_prune(PruneConfig(method="cdpruner", keep=5))  # no unpad to strip: no option needed
+        with torch.no_grad():
+            model(batch, attention_mask=mask, images=px, image_sizes=sizes, texts=QUESTIONS)
+        for row, stages in enumerate(model.get_model().prune_trace):
+            kept = stages[0][0].kept.tolist()
+            assert len(kept) == 5 * px[row].shape[0] and kept == sorted(kept)  # view-major, ascending
+        model.set_prune(PruneConfig(method="visionzip", keep=9, options={"dominant": 6, "contextual": 3}))
+        with torch.no_grad():
+            model(batch, attention_mask=mask, images=px, image_sizes=sizes)
+            spans = [_span(model, batch, mask, px, sizes, row) for row in range(len(sizes))]
+        trace = model.get_model().prune_trace
+        from transformers import CLIPVisionModel
+
+        tower = CLIPVisionModel.from_pretrained(os.path.join(ckpts["llava"], NEXT_TOWER_DIR),
+                                                attn_implementation="eager")
+        for row in range(len(sizes)):
+            cls_rows, keys, feats, _ = transformers_quantities(tower, px[row])
+            refs = [official_visionzip(cls_rows[v], keys[v], feats[v], 6, 3) for v in range(px[row].shape[0])]
+            assert trace[row][0][0].kept.tolist() == [v * PER_VIEW + p for v, (dom, _) in enumerate(refs)
+                                                        for p in dom]
+            with torch.no_grad():
+                expected = model.get_model().mm_projector(torch.tensor(np.concatenate([r[1] for r in refs]),
+                                                                       dtype=torch.float32))
+            torch.testing.assert_close(spans[row], expected, atol=1e-5, rtol=1e-4)
+        model.config.mm_patch_merge_type = "spatial"  # VisionZip's spatial branch fails in the official code
+        with pytest.raises(ValueError, match=r"^--prune-method visionzip on LLaVA-1\.6 with mm_patch_merge_type "
+                                             r"spatial: the official code has no working path"):
+            model.set_prune(PruneConfig(method="visionzip", keep=9))
+    finally:
+        model.config.mm_patch_merge_type = "spatial_unpad"
+        model.set_prune(None)
+
+
 # -- DivPrune ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", ["llava", "hf"])
