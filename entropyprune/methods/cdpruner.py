@@ -22,6 +22,12 @@ with one image per prompt, where the two agree.
 
 The greedy loop runs N steps over every image of the group at once, on the device, without reading a value
 back to the host.
+
+LLaVA-1.6 (the official multi-view branch of ``prepare_inputs_labels_for_multimodal``): every view is a row
+of one call, pruned to the budget on its own (the budget is per view); ``VisionInputs.view_image`` makes the
+relevance's min and max run over each image's views, as the official ones run over its batch of views. The
+official merge drops unpad and image_newline, which the model does only with ``strip_unpad=true``
+(``llava/model/llava_arch.py`` ``_vision_stage_anyres`` lays the kept tokens out).
 """
 
 from __future__ import annotations

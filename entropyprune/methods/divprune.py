@@ -39,6 +39,10 @@ set is kept as a running minimum, updated with one row of D per pick; the minimu
 equals the official minimum over all picked rows. The traced score of a kept token is the value it was
 picked with (the nearest-neighbour distance for the first pick); for every other token it is its final
 distance to the kept set.
+
+LLaVA-1.6 (the official code's "for LLaVA 1.6" branch): the selection runs on the image's merged sequence
+(unpad and image_newline applied, newlines prunable), ``int(round(SUBSET_RATIO * V))`` of its own V; the
+model gives it those tokens as ``projected`` (``llava/model/llava_arch.py`` ``_vision_stage_anyres``).
 """
 
 from __future__ import annotations

@@ -48,6 +48,12 @@ Other differences, all in how the same rule is computed:
 
 One call handles every image of a group, with no host read: the remaining patches are found by a stable
 sort of the kept mask, and the target positions depend only on V, D and C.
+
+LLaVA-1.6 (``visionzip/llava_arch.py``): every view gets its D + C tokens; the image's sequence is the base
+view's [CLS, dominant, contextual], the crops' dominant patches on the full crop grid (no unpad, no
+newline), every crop's CLS, every crop's contextual tokens; with a flat merge, each view's rows in turn. The
+model builds it (``llava/model/llava_arch.py`` ``_vision_stage_anyres``) only with ``strip_unpad=true`` on a
+spatial_unpad checkpoint; the official spatial branch fails, so that merge is refused.
 """
 
 from __future__ import annotations

@@ -41,6 +41,10 @@ Deviations:
 The images of a group are processed together, as the official batched code does (every image on its own).
 The rounds are a Python loop over at most ``(V - T) / 8 + 1`` steps whose sizes are known in advance;
 nothing is read back from the device. The traced score of a patch is its head-averaged CLS attention.
+
+LLaVA-1.6: as the official multi-view branch, every view is pruned on its own with the budget per view, and
+the kept tokens are laid out without unpad or image_newline, only with ``strip_unpad=true`` on a
+spatial_unpad checkpoint (``llava/model/llava_arch.py`` ``_vision_stage_anyres``).
 """
 
 from __future__ import annotations
