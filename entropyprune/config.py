@@ -171,8 +171,11 @@ class PruneConfig:
             return self.schedule(num_layers, num_visual), False
         try:
             return self.schedule(num_layers, num_visual), False
-        except ValueError:
-            return replace(self, keep=num_visual, avg_tokens=None).schedule(num_layers, num_visual), True
+        except ValueError as err:
+            try:
+                return replace(self, keep=num_visual, avg_tokens=None).schedule(num_layers, num_visual), True
+            except ValueError:
+                raise err from None  # refused for another reason than V: the budget as the user gave it
 
     @property
     def stage(self) -> str:

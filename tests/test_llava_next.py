@@ -448,6 +448,24 @@ def test_a_keep_above_an_images_v_keeps_that_image_whole(ours, tiny_llava):
         model15.set_prune(PruneConfig(method="fastv", layer=2, keep=577))
 
 
+def test_image_schedule_caps_a_budget_above_v_by_each_methods_own_rule():
+    from entropyprune import PruneConfig
+    from entropyprune.methods import Stage
+
+    # the real 7B's 130x16 image: V = 626 below --prune-keep 640 (docs/Reproduction.md)
+    assert PruneConfig(method="fastv", layer=2, keep=640).image_schedule(32, 626) == ([Stage(2, 626)], True)
+    assert PruneConfig(method="fastv", layer=2, keep=320).image_schedule(32, 626) == ([Stage(2, 320)], False)
+    # DART's count within V: 4 image pivots + (4 + 4) x floor((626 - 4) / 8) = 4 + 8 x 77 = 620
+    assert PruneConfig(method="dart", layer=2, keep=640).image_schedule(32, 626) == ([Stage(2, 620)], True)
+    stages, capped = PruneConfig(method="pdrop", keep=640).image_schedule(32, 626)
+    assert capped and [(st.layer, st.keep) for st in stages] == [(8, 626), (16, 626), (24, 626)]
+    # avg_tokens above V: every layer keeps V
+    assert PruneConfig(method="fastv", layer=2, avg_tokens=700).image_schedule(32, 626) == ([Stage(2, 626)], True)
+    # a refusal for another reason names the budget as given, not the cap
+    with pytest.raises(ValueError, match=r"got --prune-keep 640\)"):
+        PruneConfig(method="sparsevlm", keep=640).image_schedule(32, 626)
+
+
 def test_keep_newlines_flag():
     import argparse
 
