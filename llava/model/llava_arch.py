@@ -89,8 +89,8 @@ class LlavaMetaForCausalLM:
     def _image_pixels(self, images) -> list[torch.Tensor]:
         """Every image as its own ``[1, 3, H, W]`` tensor, in marker order."""
         if self.multi_view and self._image_views(images) is not None:
-            raise NotImplementedError("vision-stage pruning of LLaVA-1.6 multi-crop images is not supported; "
-                                      "use a language-model method (--prune-layer >= 1)")
+            raise NotImplementedError("LLaVA-1.6 multi-crop images are pruned at the vision stage by "
+                                      "_vision_stage_anyres, not one view at a time")
         if isinstance(images, (list, tuple)):
             out = []
             for im in images:
