@@ -176,8 +176,9 @@ class LlavaMetaForCausalLM:
         Otherwise every view of every image goes through the tower in one call and the method sees all views at
         once (``VisionInputs.view_image`` says whose each is), with the budget per view; each image's kept
         tokens are then laid out as the official code lays them (flat, spatial without unpad or newline, or
-        VisionZip's order). The record's ``kept`` indexes the image's views flattened (view * per-view + patch),
-        in splice order; ``length`` is views x per-view.
+        VisionZip's order); then the record's ``kept`` indexes the image's views flattened (view * per-view +
+        patch), in splice order, and ``length`` is views x per-view. In "merged", as in-LLM records, ``kept``
+        indexes the image's merged span (newlines included) and ``length`` is its V.
         """
         from entropyprune.hook import PruneRecord
         from entropyprune.methods import as_selection, get_spec
@@ -219,6 +220,9 @@ class LlavaMetaForCausalLM:
         per_side = tower.num_patches_per_side
         per_view = per_side * per_side
         counts = [v.shape[0] for v in views]
+        if min(counts) < 2:
+            raise ValueError("a LLaVA-1.6 image must come as its base view and its crops (process_images with "
+                             "image_aspect_ratio anyres); got an image of one view")
         states = tower.hidden_states(torch.cat(views))
         device = states[0].device
         owner = [i for i, n in enumerate(counts) for _ in range(n)]
@@ -239,9 +243,6 @@ class LlavaMetaForCausalLM:
         if stage.merged and not kind.startswith("visionzip"):
             raise RuntimeError(f"method {cfg.method!r} merges tokens, which its LLaVA-1.6 layout {kind!r} has no "
                                "place for")
-        if min(counts) < 2:
-            raise ValueError("a LLaVA-1.6 image must come as its base view and its crops (process_images with "
-                             "image_aspect_ratio anyres); got an image of one view")
         feats, records, first = [], [], 0
         for i, n in enumerate(counts):
             rows = slice(first, first + n)
