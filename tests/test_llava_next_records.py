@@ -152,3 +152,17 @@ def test_vision_stage_methods_record_what_each_image_kept(setup):
     assert _per_answer(rows, "visual_tokens") == [[144], [108], [144]]
     assert _per_answer(rows, "kept_tokens") == [[24], [18], [24]]
     assert not any("truncated" in row["metadata"] for row in rows)
+
+
+def test_merging_chunks_adds_their_capped_images(tmp_path):
+    from llava.eval.answer_file import merge_answers
+
+    parts = []
+    for i, capped in enumerate([2, 1]):
+        part = tmp_path / f"part{i}.jsonl"
+        part.write_text(json.dumps({"question_id": i, "text": "a"}) + "\n", encoding="utf-8")
+        meta = {"settings": {"model_path": "m"}, "questions": 1, "answers": 1, "complete": True, "per_image": True,
+                "capped_images": capped}
+        (tmp_path / f"part{i}.jsonl.meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        parts.append(str(part))
+    assert merge_answers(str(tmp_path / "all.jsonl"), parts)["capped_images"] == 3
