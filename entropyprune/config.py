@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from fractions import Fraction
 from typing import Any
 
@@ -146,6 +146,36 @@ class PruneConfig:
         stages = spec.schedule(self, self.method_options(), num_layers, num_visual)
         check_stages(stages, num_layers, num_visual, vision=self.stage == "vision")
         return stages
+
+    def caps(self, num_visual: int) -> bool:
+        """Whether the budget asks more of an image of V tokens than it has (``keep`` or ``avg_tokens`` above V).
+
+        On a model whose V is each image's own (LLaVA-1.6) such an image keeps all its V tokens instead (see
+        :meth:`image_schedule`); a model with one V (LLaVA-1.5) refuses the budget when it is configured.
+        """
+        if self.adaptive:
+            return False
+        if self.keep is not None:
+            return self.keep > num_visual
+        if self.avg_tokens is not None:
+            return budget.as_fraction(self.avg_tokens) > num_visual
+        return False
+
+    def image_schedule(self, num_layers: int, num_visual: int) -> tuple[list, bool]:
+        """:meth:`schedule` for one image of a per-image-V model, and whether its budget was capped: a budget
+        above the image's V that the method's schedule refuses becomes ``keep = V`` (the method's own schedule
+        for it; single-stage top-N methods then keep every token, PDrop keeps V at every stage, DART rounds V
+        down to its pivot count). A schedule that does not take the budget as a count (SparseVLM's
+        token_list, DART's max_num_trunction) is not capped."""
+        if not self.caps(num_visual):
+            return self.schedule(num_layers, num_visual), False
+        try:
+            return self.schedule(num_layers, num_visual), False
+        except ValueError as err:
+            try:
+                return replace(self, keep=num_visual, avg_tokens=None).schedule(num_layers, num_visual), True
+            except ValueError:
+                raise err from None  # refused for another reason than V: the budget as the user gave it
 
     @property
     def stage(self) -> str:

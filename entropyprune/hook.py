@@ -9,7 +9,8 @@ replacement or merged embeddings. No host-device synchronisation happens there.
 
 Only visual tokens are pruned; system and text tokens always stay, in their original order. Each image is
 pruned on its own, with the budget of its own token count V (LLaVA-1.6 images of different shapes have
-different V). LLaVA-1.6's image_newline tokens are visual tokens like the others, unless
+different V; a budget above an image's V keeps all of it, ``PruneRecord.capped``). LLaVA-1.6's
+image_newline tokens are visual tokens like the others, unless
 ``PruneConfig.keep_newlines``: then the method sees and budgets only an image's other tokens (V minus its
 newlines) and every newline stays, in its place in slot order.
 
@@ -40,6 +41,7 @@ class PruneRecord:
     kept: torch.Tensor  # [keep] index of each kept token in the original span, slot order; -1: a merged token
     scores: torch.Tensor  # one float per token the stage saw (its input: earlier stages' survivors)
     merged: int = 0  # tokens the method merged and placed after the kept ones at this stage
+    capped: bool = False  # per-image V (LLaVA-1.6): the budget exceeded this image's V, so it kept all of them
 
 
 def _host(values) -> torch.Tensor:
@@ -68,6 +70,7 @@ class _Group:
     newlines: int = 0  # keep_newlines: image_newline tokens each member keeps on top of its stages' budget
     newline_spans: list = field(default_factory=list)  # keep_newlines: per member, newline offsets in its span
     newline_pos: list = field(default_factory=list)  # per stage: [I, newlines] device positions after it
+    capped: bool = False  # the budget exceeded the members' V (see PruneConfig.image_schedule)
 
     def out(self, s: int) -> int:
         """Tokens each member holds after stage `s` (newlines kept on top of the stage's output)."""
@@ -114,7 +117,11 @@ class PruneHook:
                 layout = layouts[b][j] if layouts and j < len(layouts[b]) else None
                 n_nl = layout.num_newlines if keep_newlines and layout is not None else 0
                 if (v, n_nl) not in by_size:
-                    by_size[(v, n_nl)] = _Group([], cfg.schedule(num_layers, v - n_nl), newlines=n_nl)
+                    if layout is not None:  # V is this image's own: a budget above it keeps all of it
+                        stages, capped = cfg.image_schedule(num_layers, v - n_nl)
+                    else:
+                        stages, capped = cfg.schedule(num_layers, v - n_nl), False
+                    by_size[(v, n_nl)] = _Group([], stages, newlines=n_nl, capped=capped)
                 by_size[(v, n_nl)].members.append((b, j))
                 if n_nl:
                     by_size[(v, n_nl)].newline_spans.append(layout.newline.nonzero()[:, 0])
@@ -295,7 +302,7 @@ class PruneHook:
                 start = self.image_spans[b][j][0]
                 self._records.setdefault((b, j), []).append(
                     PruneRecord(layer, start, self.image_spans[b][j][1], original[i, :n_kept], sel.scores[i],
-                                stage.merged))
+                                stage.merged, g.capped))
         new_hidden = hidden.gather(1, index[..., None].expand(-1, -1, hidden.shape[-1]))
         for rows, slots, values in writes:
             new_hidden[rows[:, None], slots] = values.to(new_hidden.dtype)

@@ -57,7 +57,8 @@ class VisionInputs:
                  instructions: Sequence[str | None] | None = None,
                  text_encoder: Callable[[list[str]], Tensor] | None = None,
                  image_projection: Callable[[Tensor], Tensor] | None = None,
-                 grid: tuple[int, int] | None = None, memo: dict | None = None, group: int = 0):
+                 grid: tuple[int, int] | None = None, memo: dict | None = None, group: int = 0,
+                 view_image: Tensor | None = None):
         self.config = config
         self.options = options
         self._hidden = hidden_states
@@ -70,6 +71,9 @@ class VisionInputs:
         self._image_projection = image_projection
         self.memo = memo if memo is not None else {}
         self._group = group
+        # LLaVA-1.6, a method that prunes each view: the rows are views, and this ``[I]`` long tensor (on the
+        # features' device) says which image of the call each belongs to; None when every row is an image.
+        self.view_image = view_image
         # The select layer as the caller gave it (LLaVA's ``mm_vision_select_layer``, e.g. -2), before it is
         # made non-negative below: :meth:`select_attention_layer` needs the sign.
         self.select_layer_given = select_layer
@@ -88,12 +92,19 @@ class VisionInputs:
     # ------------------------------------------------------------------ sizes
     @property
     def num_images(self) -> int:
-        return self.features.shape[0]
+        return self._sized.shape[0]
 
     @property
     def num_tokens(self) -> int:
         """V, the patch tokens of each image (CLS excluded)."""
-        return self.features.shape[1]
+        return self._sized.shape[1]
+
+    @property
+    def _sized(self) -> Tensor:
+        # Given only projected tokens (LLaVA-1.6's merged sequence, newlines included), they give the sizes.
+        if self._features is None and self._hidden is None and self._projected is not None:
+            return self._projected
+        return self.features
 
     @property
     def num_layers(self) -> int:
@@ -104,7 +115,7 @@ class VisionInputs:
 
     @property
     def device(self) -> torch.device:
-        return self.features.device
+        return self._sized.device
 
     # ------------------------------------------------------------------ features
     @property

@@ -178,3 +178,10 @@ def anyres_num_tokens(image_size: tuple[int, int], config, per_side: int, crop_s
     src, _ = feature_layout(image_size, 1 + rows * cols, per_side, config.mm_patch_merge_type,
                             config.image_grid_pinpoints, crop_size)
     return int(src.numel())
+
+
+def anyres_max_tokens(config, per_side: int, crop_size: int) -> int:
+    """The largest V an image can take on an anyres model: that of an image filling a pinpoint exactly (its
+    whole crop grid, nothing unpadded; a smaller image on the same canvas only loses rows or columns)."""
+    return max(anyres_num_tokens((int(w), int(h)), config, per_side, crop_size)
+               for w, h in config.image_grid_pinpoints)

@@ -285,11 +285,15 @@ def test_image_sizes_are_required_and_checked(ours):
         model(ids, images=pixels, image_sizes=[image.size, image.size])
 
 
-def test_vision_stage_methods_are_refused(ours):
+def test_vision_stage_methods_without_a_llava_next_path_are_refused(ours):
+    """The vision-stage methods themselves: tests/test_llava_next_vision.py."""
     from entropyprune import PruneConfig
 
     _, model, _, _ = ours["hf"]
-    with pytest.raises(ValueError, match=r"prunes in the vision tower, which is not supported for LLaVA-1\.6"):
+    with pytest.raises(ValueError, match=r"^--prune-method 'prumerge' at the vision stage is not supported for "
+                                         r"LLaVA-1\.6 \(anyres\) checkpoints"):
+        model.set_prune(PruneConfig(method="prumerge"))
+    with pytest.raises(ValueError, match=r"^--prune-method visionzip on LLaVA-1\.6: .* strip_unpad=true"):
         model.set_prune(PruneConfig(method="visionzip", layer=0, keep=20))
     model.set_prune(None)
 
@@ -408,6 +412,58 @@ def test_budget_follows_each_images_own_v_and_keep_newlines_keeps_them(ours):
             assert len(row[0]) == 3 and all(set(n) <= set(rec.kept.tolist()) for rec in row[0])
     finally:
         model.set_prune(None)
+
+
+def test_a_keep_above_an_images_v_keeps_that_image_whole(ours, tiny_llava):
+    """LLaVA-1.6: --prune-keep N with N above an image's own V keeps its V tokens (capped, in the trace); the
+    fixed-V LLaVA-1.5 still refuses N > 576 when the budget is set."""
+    from entropyprune import PruneConfig
+
+    tok, model, image_processor, _ = ours["llava"]
+    ids, batch, mask, pixels, sizes = _next_batch(tok, model, image_processor)
+    try:
+        # V = 74 / 78 / 90 (test above): keep 80 caps the first two, the third keeps 80
+        model.set_prune(PruneConfig(method="fastv", layer=2, keep=80))
+        with torch.no_grad():
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=1)
+        recs = [row[0][-1] for row in model.get_model().prune_trace]
+        assert [(r.length, len(r.kept), r.capped) for r in recs] == [(74, 74, True), (78, 78, True), (90, 80, False)]
+        assert recs[0].kept.tolist() == list(range(74)) and recs[1].kept.tolist() == list(range(78))
+        # with keep_newlines the cap is on the other tokens: 72 each (74-2, 78-6, 90-18), so 80 caps all three
+        model.set_prune(PruneConfig(method="fastv", layer=2, keep=80, keep_newlines=True))
+        with torch.no_grad():
+            model.generate(batch, images=pixels, image_sizes=sizes, attention_mask=mask, max_new_tokens=1)
+        assert [(len(row[0][-1].kept), row[0][-1].capped) for row in model.get_model().prune_trace] == [
+            (74, True), (78, True), (90, True)]
+        # the largest V of the tiny pinpoints: 168x168 is 2x2 crops, a 12x12 grid plus 12 newlines after the
+        # 36-token base view, 192 in all; a keep above it prunes no image and is refused in one line
+        model.set_prune(PruneConfig(method="fastv", layer=2, keep=192))
+        with pytest.raises(ValueError, match=r"^--prune-keep 193 is more than the 192 visual tokens of the largest "
+                                             r"image this checkpoint's pinpoints give.*use --prune-keep <= 192$"):
+            model.set_prune(PruneConfig(method="fastv", layer=2, keep=193))
+    finally:
+        model.set_prune(None)
+    _, model15, _, _ = load_pretrained_model(tiny_llava, device="cpu")
+    with pytest.raises(ValueError, match=r"^--prune-keep 577 keeps 577 of 576 visual tokens after layer 2"):
+        model15.set_prune(PruneConfig(method="fastv", layer=2, keep=577))
+
+
+def test_image_schedule_caps_a_budget_above_v_by_each_methods_own_rule():
+    from entropyprune import PruneConfig
+    from entropyprune.methods import Stage
+
+    # the real 7B's 130x16 image: V = 626 below --prune-keep 640 (docs/Reproduction.md)
+    assert PruneConfig(method="fastv", layer=2, keep=640).image_schedule(32, 626) == ([Stage(2, 626)], True)
+    assert PruneConfig(method="fastv", layer=2, keep=320).image_schedule(32, 626) == ([Stage(2, 320)], False)
+    # DART's count within V: 4 image pivots + (4 + 4) x floor((626 - 4) / 8) = 4 + 8 x 77 = 620
+    assert PruneConfig(method="dart", layer=2, keep=640).image_schedule(32, 626) == ([Stage(2, 620)], True)
+    stages, capped = PruneConfig(method="pdrop", keep=640).image_schedule(32, 626)
+    assert capped and [(st.layer, st.keep) for st in stages] == [(8, 626), (16, 626), (24, 626)]
+    # avg_tokens above V: every layer keeps V
+    assert PruneConfig(method="fastv", layer=2, avg_tokens=700).image_schedule(32, 626) == ([Stage(2, 626)], True)
+    # a refusal for another reason names the budget as given, not the cap
+    with pytest.raises(ValueError, match=r"got --prune-keep 640\)"):
+        PruneConfig(method="sparsevlm", keep=640).image_schedule(32, 626)
 
 
 def test_keep_newlines_flag():

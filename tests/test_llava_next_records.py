@@ -117,3 +117,52 @@ def test_the_ecl_registry_has_no_llava_next_entry(tmp_path, monkeypatch):
     with pytest.raises(ECLNotFoundError, match=r"^--prune-layer auto: no Entropy Collapse Layer is known for "
                                                r"'liuhaotian/llava-v1.6-vicuna-7b'"):
         resolve_auto_layer(PruneConfig(method="entropy", layer="auto", keep=320), "liuhaotian/llava-v1.6-vicuna-7b")
+
+
+def test_a_budget_above_an_images_v_keeps_it_whole_and_is_counted(setup, capsys):
+    # --prune-keep 80: the 300x20 (V 74) and 64x64 (V 78) images have fewer tokens, so they keep all of them
+    # (capped); the 20x300 image (V 90) keeps 80. Averages (K*V + (L-K)*N) / L with K = 2.
+    rows, record = _run(setup, "cap", "--prune-method", "fastv", "--prune-layer", "2", "--prune-keep", "80",
+                        "--batch-size", "3")
+    assert _per_answer(rows, "kept_tokens") == [[74], [78], [80]]
+    assert [row["metadata"].get("capped_images", 0) for row in sorted(rows, key=lambda r: r["question_id"])] == [
+        1, 1, 0]
+    assert _per_answer(rows, "avg_tokens") == [[74.0], [78.0], [(2 * 90 + 2 * 80) / L]]
+    assert record["per_image"]["capped_images"] == 2
+    meta = json.loads(open(record["answers_file"] + ".meta.json", encoding="utf-8").read())
+    assert meta["capped_images"] == 2
+    err = capsys.readouterr().err
+    assert err.count("warning: 2 image(s) had fewer visual tokens than the budget asks") == 1
+    # a budget every image reaches caps none, and says so
+    rows, record = _run(setup, "nocap", "--prune-method", "fastv", "--prune-layer", "2", "--prune-keep", "30")
+    assert record["per_image"]["capped_images"] == 0
+    assert "fewer visual tokens than the budget" not in capsys.readouterr().err
+
+
+def test_vision_stage_methods_record_what_each_image_kept(setup):
+    # DivPrune on the merged sequence: int(round(0.25 V)), Python's round: 18.5 -> 18, 19.5 -> 20, 22.5 -> 22
+    rows, record = _run(setup, "divprune", "--prune-method", "divprune", "--prune-ratio", "0.25", "--batch-size", "3")
+    assert _per_answer(rows, "visual_tokens") == [[v] for v in V]
+    assert _per_answer(rows, "kept_tokens") == [[18], [20], [22]]
+    assert _per_answer(rows, "avg_tokens") == [[18.0], [20.0], [22.0]]  # pruned before layer 0: every layer
+    assert record["layer"] == 0 and record["per_image"]["kept_tokens"]["mean"] == 20
+    # CDPruner per view (strip_unpad): 6 of each view's 36; 1 + 3, 1 + 2 and 1 + 3 views; V is the views' tokens
+    rows, record = _run(setup, "cdpruner", "--prune-method", "cdpruner", "--prune-keep", "6", "--prune-option",
+                        "strip_unpad=true", "--batch-size", "3")
+    assert _per_answer(rows, "visual_tokens") == [[144], [108], [144]]
+    assert _per_answer(rows, "kept_tokens") == [[24], [18], [24]]
+    assert not any("truncated" in row["metadata"] for row in rows)
+
+
+def test_merging_chunks_adds_their_capped_images(tmp_path):
+    from llava.eval.answer_file import merge_answers
+
+    parts = []
+    for i, capped in enumerate([2, 1]):
+        part = tmp_path / f"part{i}.jsonl"
+        part.write_text(json.dumps({"question_id": i, "text": "a"}) + "\n", encoding="utf-8")
+        meta = {"settings": {"model_path": "m"}, "questions": 1, "answers": 1, "complete": True, "per_image": True,
+                "capped_images": capped}
+        (tmp_path / f"part{i}.jsonl.meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        parts.append(str(part))
+    assert merge_answers(str(tmp_path / "all.jsonl"), parts)["capped_images"] == 3

@@ -334,7 +334,7 @@ def test_a_run_is_finished_only_when_its_record_and_answers_are_complete(tmp_pat
 
 def test_table_2_is_a_method_sweep_on_the_llava_next_checkpoint():
     # Table 2 (LLaVA-NeXT-7B): the in-LLM methods at an absolute 640 / 320 / 160 after layer 2 on five
-    # benchmarks; the vision-stage methods are refused on LLaVA-1.6, so METHODS names the others.
+    # benchmarks; Table 2 has no vision-stage method (theirs budget per view on LLaVA-1.6), so METHODS names these.
     benchmarks = "textvqa mmvet ocrbench mmmu ai2d"
     _, runs, benches, notes = plan("methods", CKPT="llava-v1.6-vicuna-7b", METHODS="fastv pdrop sparsevlm dart entropy",
                                    KEEP="640 320 160", BENCHMARKS=benchmarks)

@@ -91,6 +91,10 @@ class MethodSpec:
     stages: tuple[str, ...] = ()  # every stage the method can run at (``layer 0`` picks "vision")
     needs: tuple[str, ...] = ()  # what the model must load for it: "clip_text" (CLIP's text tower)
     adaptive: Callable[[Any], bool] | None = None  # from the options: picks its own count (no budget)
+    # LLaVA-1.6 (anyres) at the vision stage: ``anyres(options, mm_patch_merge_type)`` names how the method's
+    # official code treats an image's views (see ANYRES_LAYOUTS) or raises ValueError (one line: the option
+    # or setting it needs); None: its official code has no LLaVA-NeXT path, so it is refused there.
+    anyres: Callable[[Any, str], str] | None = None
 
     def __post_init__(self) -> None:
         if not self.stages:
@@ -120,15 +124,36 @@ class _Stages(dict):
 STAGES = _Stages()
 
 
+# How a vision-stage method's official code handles a LLaVA-1.6 image (``MethodSpec.anyres``):
+# "merged": the model's own merge first (unpad, newlines), then the method on that sequence of V tokens;
+# "flat" / "spatial": the method on every view (base and crops) with the budget per view, the kept tokens then
+#   laid out by that merge (views in turn / base, then the crop grid row by row; no unpad, no newline);
+# "visionzip" / "visionzip_flat": per view as well, in VisionZip's own order (llava/model/llava_arch.py).
+ANYRES_LAYOUTS = ("merged", "flat", "spatial", "visionzip", "visionzip_flat")
+
+
+def per_view_layout(method: str, merge: str, strip_unpad: bool) -> str:
+    """``MethodSpec.anyres`` of a method whose official LLaVA-NeXT code prunes each view with the budget per view
+    and drops ``_unpad`` from the merge type (no unpad, no image_newline): allowed only when asked for."""
+    if "unpad" not in merge:
+        return merge
+    if not strip_unpad:
+        raise ValueError(f"--prune-method {method} on LLaVA-1.6: its official code prunes each view (base and crops) "
+                         f"with the budget per view and drops unpad and image_newline from the merge ({merge} -> "
+                         f"{merge.replace('_unpad', '')}); pass --prune-option strip_unpad=true to run it that way")
+    return merge.replace("_unpad", "")
+
+
 def register(name: str, *, stage: str | tuple[str, ...] = "llm", options: type | None = None,
              schedule: Schedule | None = None, positions: Callable[[Any], str] | None = None,
              needs: tuple[str, ...] = (), adaptive: Callable[[Any], bool] | None = None,
-             ) -> Callable[[PruneMethod], PruneMethod]:
+             anyres: Callable[[Any, str], str] | None = None) -> Callable[[PruneMethod], PruneMethod]:
     """Decorator adding ``fn`` to the registry under ``name``.
 
     ``stage``: "llm", "vision", or both as a tuple (the first is the default; ``--prune-layer 0`` picks
     the vision stage). ``needs``: parts the model loads only for this method ("clip_text").
     ``adaptive(options)``: True when the method picks its own count per image (then no budget is given).
+    ``anyres(options, mm_patch_merge_type)``: its LLaVA-1.6 path, one of ANYRES_LAYOUTS (None: refused there).
     """
     stages = (stage,) if isinstance(stage, str) else tuple(stage)
     if not stages or any(s not in _STAGE_NAMES for s in stages):
@@ -137,7 +162,8 @@ def register(name: str, *, stage: str | tuple[str, ...] = "llm", options: type |
     def add(fn: PruneMethod) -> PruneMethod:
         if name in METHODS:
             raise ValueError(f"pruning method {name!r} is already registered")
-        METHODS[name] = MethodSpec(name, fn, stages[0], options, schedule, positions, stages, tuple(needs), adaptive)
+        METHODS[name] = MethodSpec(name, fn, stages[0], options, schedule, positions, stages, tuple(needs), adaptive,
+                                   anyres)
         return fn
 
     return add

@@ -22,6 +22,12 @@ with one image per prompt, where the two agree.
 
 The greedy loop runs N steps over every image of the group at once, on the device, without reading a value
 back to the host.
+
+LLaVA-1.6 (the official multi-view branch of ``prepare_inputs_labels_for_multimodal``): every view is a row
+of one call, pruned to the budget on its own (the budget is per view); ``VisionInputs.view_image`` makes the
+relevance's min and max run over each image's views, as the official ones run over its batch of views. The
+official merge drops unpad and image_newline, which the model does only with ``strip_unpad=true``
+(``llava/model/llava_arch.py`` ``_vision_stage_anyres`` lays the kept tokens out).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entropyprune.methods import Selection, register
+from entropyprune.methods import Selection, per_view_layout, register
 from entropyprune.vision_inputs import VisionInputs
 
 
@@ -40,11 +46,17 @@ class CDPrunerOptions:
     # The full CLIP checkpoint (folder or hub id) holding the text tower; "" = the model's vision tower's
     # own checkpoint (openai/clip-vit-large-patch14-336 for LLaVA-1.5), as the official code loads it.
     clip_text_tower: str = ""
+    # LLaVA-1.6 only: the official code prunes every view with the budget per view and drops unpad and
+    # image_newline from the merge. false (ours): refused on a spatial_unpad checkpoint; true: run it that way.
+    strip_unpad: bool = False
 
 
-def instruction_relevance(image_embeds: Tensor, text_embeds: list[Tensor]) -> Tensor:
+def instruction_relevance(image_embeds: Tensor, text_embeds: list[Tensor], view_image: Tensor | None = None) -> Tensor:
     """``[I, V]`` the official relevance: ``-(image . text)`` of the normalised CLIP embeddings, averaged
-    over each image's own text segments, min-max normalised per image (with the official ``+ 1e-6``)."""
+    over each image's own text segments, min-max normalised per image (with the official ``+ 1e-6``).
+
+    ``view_image`` ``[I]`` (LLaVA-1.6, each row a view): the image each view belongs to; the min and max then
+    run over all the views of an image, as the official code's do over its batch of views."""
     image = image_embeds.float()
     image = image / image.norm(dim=-1, keepdim=True)
     text = torch.cat(text_embeds).float()
@@ -56,6 +68,10 @@ def instruction_relevance(image_embeds: Tensor, text_embeds: list[Tensor]) -> Te
     relevance = -torch.einsum("ivp,sp,is->iv", image, text, owner)
     low = relevance.amin(dim=-1, keepdim=True)
     high = relevance.amax(dim=-1, keepdim=True)
+    if view_image is not None:  # over every view of the image: reduce the per-view extremes by image
+        images = relevance.new_full((relevance.shape[0],), float("inf"))
+        low = images.scatter_reduce(0, view_image, low[:, 0], "amin")[view_image, None]
+        high = (-images).scatter_reduce(0, view_image, high[:, 0], "amax")[view_image, None]
     return (relevance - low + 1e-6) / (high - low)
 
 
@@ -81,11 +97,15 @@ def greedy_map(kernel: Tensor, n: int) -> Tensor:
     return picks.t().sort(dim=-1).values
 
 
-@register("cdpruner", stage="vision", options=CDPrunerOptions, needs=("clip_text",))
+def _anyres(options: CDPrunerOptions, merge: str) -> str:
+    return per_view_layout("cdpruner", merge, options.strip_unpad)
+
+
+@register("cdpruner", stage="vision", options=CDPrunerOptions, needs=("clip_text",), anyres=_anyres)
 def cdpruner(inputs: VisionInputs, n_keep: int) -> Selection:
     projected = inputs.projected
     unit = (projected / projected.norm(dim=-1, keepdim=True)).float()
     similarity = unit @ unit.transpose(1, 2)
-    relevance = instruction_relevance(inputs.image_embeds(), inputs.text_embeds())
+    relevance = instruction_relevance(inputs.image_embeds(), inputs.text_embeds(), inputs.view_image)
     kernel = relevance.unsqueeze(2) * similarity * relevance.unsqueeze(1)
     return Selection(kept=greedy_map(kernel, n_keep), scores=relevance)

@@ -39,6 +39,10 @@ set is kept as a running minimum, updated with one row of D per pick; the minimu
 equals the official minimum over all picked rows. The traced score of a kept token is the value it was
 picked with (the nearest-neighbour distance for the first pick); for every other token it is its final
 distance to the kept set.
+
+LLaVA-1.6 (the official code's "for LLaVA 1.6" branch): the selection runs on the image's merged sequence
+(unpad and image_newline applied, newlines prunable), ``int(round(SUBSET_RATIO * V))`` of its own V; the
+model gives it those tokens as ``projected`` (``llava/model/llava_arch.py`` ``_vision_stage_anyres``).
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from entropyprune.methods import Selection, register
+from entropyprune.methods import Selection, Stage, register
 from entropyprune.vision_inputs import VisionInputs
 
 
@@ -83,7 +87,18 @@ def max_min_picks(distance: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
     return picks.t(), values.t(), nearest
 
 
-@register("divprune", stage="vision")
+def schedule(config, options, num_layers: int, num_visual: int) -> list[Stage]:
+    """One stage at layer 0 keeping the budget; a ratio keeps the official ``int(round(ratio * V))`` (Python's
+    round of the float product, an exact half to the even count). For V = 576 that is our usual round half up
+    for every three-decimal ratio (tested); on LLaVA-1.6, whose V is each image's own, a half can occur."""
+    if config.ratio is not None:
+        n = int(round(float(config.ratio) * num_visual))
+        if 1 <= n <= num_visual:
+            return [Stage(0, n)]
+    return [Stage(0, config.resolve(num_layers, num_visual))]
+
+
+@register("divprune", stage="vision", schedule=schedule, anyres=lambda options, merge: "merged")
 def divprune(inputs: VisionInputs, n_keep: int) -> Selection:
     picks, values, nearest = max_min_picks(cosine_distance(inputs.projected), n_keep)
     scores = nearest.scatter(1, picks, values).float()

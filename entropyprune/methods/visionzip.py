@@ -48,6 +48,12 @@ Other differences, all in how the same rule is computed:
 
 One call handles every image of a group, with no host read: the remaining patches are found by a stable
 sort of the kept mask, and the target positions depend only on V, D and C.
+
+LLaVA-1.6 (``visionzip/llava_arch.py``): every view gets its D + C tokens; the image's sequence is the base
+view's [CLS, dominant, contextual], the crops' dominant patches on the full crop grid (no unpad, no
+newline), every crop's CLS, every crop's contextual tokens; with a flat merge, each view's rows in turn. The
+model builds it (``llava/model/llava_arch.py`` ``_vision_stage_anyres``) only with ``strip_unpad=true`` on a
+spatial_unpad checkpoint; the official spatial branch fails, so that merge is refused.
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ class VisionZipOptions:
     # token among them), C merged. 0 = from the budget (C = round(10 N / 64), D = N - C).
     dominant: int = 0
     contextual: int = 0
+    # LLaVA-1.6 only: the official code keeps every view's tokens and lays the crops' dominant ones on their full
+    # grid, without unpad or image_newline. false (ours): refused on a spatial_unpad checkpoint; true: run it so.
+    strip_unpad: bool = False
 
     def check(self) -> None:
         if self.dominant < 0 or self.contextual < 0:
@@ -154,7 +163,23 @@ def _gather(x: Tensor, index: Tensor) -> Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-@register("visionzip", stage="vision", options=VisionZipOptions, schedule=schedule)
+def _anyres(options: VisionZipOptions, merge: str) -> str:
+    """The official LLaVA-NeXT path (``prepare_inputs_labels_for_multimodal_visionzip``): flat concatenates every
+    view's tokens; spatial_unpad lays them out its own way, without unpad or newlines; spatial fails there."""
+    if merge == "flat":
+        return "visionzip_flat"
+    if merge == "spatial":
+        raise ValueError("--prune-method visionzip on LLaVA-1.6 with mm_patch_merge_type spatial: the official code "
+                         "has no working path for it (that branch permutes its 3-D features as 5-D); use a "
+                         "spatial_unpad or flat checkpoint")
+    if not options.strip_unpad:
+        raise ValueError("--prune-method visionzip on LLaVA-1.6: its official code prunes each view (base and crops) "
+                         "with the budget per view and lays the crops' dominant tokens on their full grid without "
+                         "unpad or image_newline; pass --prune-option strip_unpad=true to run it that way")
+    return "visionzip"
+
+
+@register("visionzip", stage="vision", options=VisionZipOptions, schedule=schedule, anyres=_anyres)
 def visionzip(inputs: VisionInputs, n_keep: int) -> Selection:
     d, c = split(inputs.config.resolve(1, inputs.num_tokens), inputs.options)  # layer 0: N does not depend on L
     if n_keep != d - 1:

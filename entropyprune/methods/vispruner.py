@@ -41,6 +41,10 @@ Deviations:
 The images of a group are processed together, as the official batched code does (every image on its own).
 The rounds are a Python loop over at most ``(V - T) / 8 + 1`` steps whose sizes are known in advance;
 nothing is read back from the device. The traced score of a patch is its head-averaged CLS attention.
+
+LLaVA-1.6: as the official multi-view branch, every view is pruned on its own with the budget per view, and
+the kept tokens are laid out without unpad or image_newline, only with ``strip_unpad=true`` on a
+spatial_unpad checkpoint (``llava/model/llava_arch.py`` ``_vision_stage_anyres``).
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from entropyprune.methods import Selection, register
+from entropyprune.methods import Selection, per_view_layout, register
 from entropyprune.vision_inputs import VisionInputs
 
 
@@ -58,6 +62,9 @@ from entropyprune.vision_inputs import VisionInputs
 class VisPrunerOptions:
     # Fraction of the budget taken by [CLS] attention: int(T * important_ratio) tokens; the rest are diverse.
     important_ratio: float = 0.5
+    # LLaVA-1.6 only: the official code prunes every view with the budget per view and drops unpad and
+    # image_newline from the merge. false (ours): refused on a spatial_unpad checkpoint; true: run it that way.
+    strip_unpad: bool = False
 
     def check(self) -> None:
         if not 0.0 <= self.important_ratio <= 1.0:
@@ -98,7 +105,11 @@ def vispruner_select(importance: Tensor, features: Tensor, n_keep: int, importan
     return torch.cat([order[:, :n_important], diverse], dim=1).sort(dim=-1).values
 
 
-@register("vispruner", stage="vision", options=VisPrunerOptions)
+def _anyres(options: VisPrunerOptions, merge: str) -> str:
+    return per_view_layout("vispruner", merge, options.strip_unpad)
+
+
+@register("vispruner", stage="vision", options=VisPrunerOptions, anyres=_anyres)
 def vispruner(inputs: VisionInputs, n_keep: int) -> Selection:
     importance = inputs.cls_attention(inputs.select_attention_layer()).mean(dim=1)
     options = inputs.options if inputs.options is not None else VisPrunerOptions()

@@ -264,6 +264,8 @@ def merge_answers(output: str, parts: list[str]) -> dict:
                                      f"({', '.join(diff)}); they cannot be merged")
         merged = {k: v for k, v in first.items() if k not in ("chunk", "questions", "answers", "complete")}
         merged["questions"] = sum(m.get("questions", 0) for _, m in known)
+        if any("capped_images" in m for _, m in known):  # LLaVA-1.6 images that kept all their tokens
+            merged["capped_images"] = sum(m.get("capped_images", 0) for _, m in known)
         for key in RUN_INFO:
             values = [m.get(key) for _, m in known]
             merged[key] = values[0] if all(v == values[0] for v in values) else values  # one per chunk

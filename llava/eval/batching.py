@@ -118,9 +118,10 @@ def kept_counts(trace_row: list) -> list[int]:
 
 
 def stage_counts(trace_row: list) -> list[tuple[int, list[tuple[int, int]]]]:
-    """Per pruned image of a row: (its visual tokens before pruning, [(layer, tokens after that stage), ...])."""
-    return [(int(stages[0].length), [(int(st.layer), int(st.kept.numel()) + st.merged) for st in stages])
-            for stages in trace_row if stages]
+    """Per pruned image of a row: (its visual tokens before pruning, [(layer, tokens after that stage), ...],
+    whether its budget was capped at its V)."""
+    return [(int(stages[0].length), [(int(st.layer), int(st.kept.numel()) + st.merged) for st in stages],
+             bool(getattr(stages[0], "capped", False))) for stages in trace_row if stages]
 
 
 def _answer_window(model, window: list[tuple[Any, Prepared]], batch_size: int, bucket: bool,

@@ -208,7 +208,7 @@ def budget_info(prune, model) -> dict:
         # V, kept N and average (from the prune trace) and the run record aggregates them.
         info.update(num_visual_tokens=None, kept_tokens=None, avg_tokens_equivalent=None, per_image=True)
         if prune is not None:
-            layer = prune.layer if prune.adaptive else prune.schedule(num_layers, num_visual)[0].layer
+            layer = prune.layer if prune.adaptive else prune.image_schedule(num_layers, num_visual)[0][0].layer
             info.update(method=prune.method, layer=layer, method_options=prune.options)
         return info
     if prune is not None and num_visual is not None and prune.adaptive:
@@ -241,11 +241,15 @@ def image_counts(visual: list[int], stages: list, num_layers: int) -> dict:
     if not stages:
         stages = [(v, []) for v in visual]
     out: dict = {"visual_tokens": [], "kept_tokens": [], "avg_tokens": []}
-    for v, per_stage in stages:
+    capped = 0
+    for v, per_stage, *flag in stages:
         steps = [SimpleNamespace(layer=layer, out=n) for layer, n in per_stage]
         out["visual_tokens"].append(v)
         out["kept_tokens"].append(steps[-1].out if steps else v)
         out["avg_tokens"].append(float(stages_average(steps, num_layers, v)))
+        capped += bool(flag and flag[0])
+    if capped:  # images whose V was below the budget: they kept all their tokens (PruneConfig.image_schedule)
+        out["capped_images"] = capped
     return out
 
 
@@ -321,6 +325,8 @@ def run(bench: Benchmark, args: argparse.Namespace, loaded=None, env: Mapping[st
             records = read_answers(out)
             complete = not pending_items(bench, mine, answered_keys(bench, records, out))
             meta.update(answers=len(records), complete=complete, updated=utc_now())
+            if meta.get("per_image"):  # LLaVA-1.6: images whose V was below the budget kept all their tokens
+                meta["capped_images"] = sum((r.get("metadata") or {}).get("capped_images", 0) for r in records)
             write_json(meta_path(out), meta)
         except BaseException:
             if shard.mode == "torchrun":
@@ -413,7 +419,8 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
     limit = getattr(model.config, "tokenizer_model_max_length", None)
     spliced = _spliced_per_image(prune, model)
     num_layers = model.config.num_hidden_layers
-    truncated = 0
+    truncated = capped = 0
+    vision_anyres = anyres is not None and prune is not None and prune.stage == "vision"
     stream = answer_stream(model, _prefetch(todo, prepare, depth=ahead), args.batch_size, args.bucket_window,
                            with_counts=adaptive, with_stages=anyres is not None,
                            do_sample=args.temperature > 0, temperature=args.temperature, top_p=args.top_p,
@@ -427,6 +434,9 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             words, markers, visual = text_tokens.pop(id(item))
             if anyres is not None and visual:  # LLaVA-1.6: what each image really had and kept
                 answer.setdefault("metadata", {}).update(image_counts(visual, counts[-1], num_layers))
+                capped += answer["metadata"].get("capped_images", 0)
+            if visual and vision_anyres and counts[-1]:  # LLaVA-1.6 pruned before the splice: what was kept
+                visual = [steps[-1][1] for _v, steps, *_ in counts[-1]]
             length = words + (sum(counts[0]) if adaptive else sum(visual) if visual is not None else
                               markers * spliced)
             if limit is not None and length > limit:
@@ -435,6 +445,10 @@ def _answer(bench, args, shard, settings, prune, mine, todo, loaded, started) ->
             writer.write(answer)
             bar.update(1)
     bar.close()
+    if capped:
+        print(f"warning: {capped} image(s) had fewer visual tokens than the budget asks ({prune.describe()}) and "
+              "kept all of them; their answers' metadata counts them (\"capped_images\"), as does the run "
+              "record.", file=sys.stderr)
     if truncated:
         print(f"warning: {truncated} prompt(s) were longer than the model's context ({limit} tokens with their "
               "images) and were cut there, as LLaVA cuts them; their answers' metadata says so "

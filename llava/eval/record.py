@@ -14,7 +14,8 @@ drivers), the scores from the scorer's JSON summary (never from its printed line
   {"keep"|"avg_tokens"|"ratio": value}), prune (the whole PruneConfig or null), num_layers, visual_tokens
   (V per image); on LLaVA-1.6, where V is each image's own, keep / avg_tokens / visual_tokens are the means
   over the images and per_image gives {"visual_tokens"|"kept_tokens"|"avg_tokens": {min, median, max,
-  mean}, "images"} from the answers' metadata (the prune trace of each prefill)
+  mean}, "images", "capped_images"} from the answers' metadata (the prune trace of each prefill);
+  capped_images counts the images whose V was below the budget, which kept all their tokens
   scores (flat: name -> number), score_name / score (the headline number), score_note
   answers, questions, truncated_prompts (prompts cut at the context length), answers_file, scores_file,
   submission
@@ -246,7 +247,8 @@ def per_image_summary(metadata: list[dict]) -> dict | None:
             values += m.get(key) or ()
     if not columns["visual_tokens"]:
         return None
-    return {**{key: _stats(values) for key, values in columns.items()}, "images": len(columns["visual_tokens"])}
+    return {**{key: _stats(values) for key, values in columns.items()}, "images": len(columns["visual_tokens"]),
+            "capped_images": sum(m.get("capped_images", 0) for m in metadata)}
 
 
 def build_record(benchmark: str, run_name: str, answers: str, scores_json: str | None, wall_time: float | None,
@@ -347,6 +349,8 @@ def format_table(record: dict) -> str:
         lines.append(f"pruning: {prune}; visual tokens per image (mean, min-max over {per['images']} images): kept "
                      f"{n['mean']:.4g} ({n['min']}-{n['max']}) of {v['mean']:.4g} ({v['min']}-{v['max']}); "
                      f"average over layers {a['mean']:.4g}")
+        if per.get("capped_images"):
+            lines.append(f"{per['capped_images']} image(s) had fewer visual tokens than the budget and kept them all")
     else:
         lines.append(f"pruning: {prune}; visual tokens kept per image: {record['keep']} of {record['visual_tokens']} "
                      f"(average over layers: {record['avg_tokens']:.4g})" if record["keep"] is not None else "")

@@ -89,8 +89,8 @@ class LlavaMetaForCausalLM:
     def _image_pixels(self, images) -> list[torch.Tensor]:
         """Every image as its own ``[1, 3, H, W]`` tensor, in marker order."""
         if self.multi_view and self._image_views(images) is not None:
-            raise NotImplementedError("vision-stage pruning of LLaVA-1.6 multi-crop images is not supported; "
-                                      "use a language-model method (--prune-layer >= 1)")
+            raise NotImplementedError("LLaVA-1.6 multi-crop images are pruned at the vision stage by "
+                                      "_vision_stage_anyres, not one view at a time")
         if isinstance(images, (list, tuple)):
             out = []
             for im in images:
@@ -165,6 +165,119 @@ class LlavaMetaForCausalLM:
                 feats[i] = emb[j]
                 records[i] = PruneRecord(0, -1, v, sel.kept[j], sel.scores[j], stage.merged)
         return feats, records
+
+    def _vision_stage_anyres(self, views: list[torch.Tensor], image_rows: list[int], texts,
+                             image_sizes) -> tuple[list[torch.Tensor], list]:
+        """Vision-stage pruning of LLaVA-1.6 images as the method's official LLaVA-NeXT code does it
+        (``MethodSpec.anyres``, one of entropyprune.methods.ANYRES_LAYOUTS).
+
+        "merged": every image through the model's own merge (unpad, newlines), then the method on each image's
+        V merged tokens (images of equal V in one call; a budget above an image's V keeps it whole, capped).
+        Otherwise every view of every image goes through the tower in one call and the method sees all views at
+        once (``VisionInputs.view_image`` says whose each is), with the budget per view; each image's kept
+        tokens are then laid out as the official code lays them (flat, spatial without unpad or newline, or
+        VisionZip's order); then the record's ``kept`` indexes the image's views flattened (view * per-view +
+        patch), in splice order, and ``length`` is views x per-view. In "merged", as in-LLM records, ``kept``
+        indexes the image's merged span (newlines included) and ``length`` is its V.
+        """
+        from entropyprune.hook import PruneRecord
+        from entropyprune.methods import as_selection, get_spec
+        from entropyprune.vision_inputs import VisionInputs
+
+        model = self.get_model()
+        cfg = model.prune
+        spec = get_spec(cfg.method)
+        options = cfg.method_options()
+        kind = spec.anyres(options, getattr(self.config, "mm_patch_merge_type", "flat"))
+        method = getattr(model, "vision_method", None) or spec.fn
+        num_layers = self.config.num_hidden_layers
+        proj_dtype = model.mm_projector_dtype
+        memo: dict = {}
+        if kind == "merged":
+            merged_feats, _ = self._multi_view_features(views, image_sizes)
+            by_len: dict[int, list[int]] = {}
+            for i, f in enumerate(merged_feats):
+                by_len.setdefault(f.shape[0], []).append(i)
+            feats: list = [None] * len(views)
+            records: list = [None] * len(views)
+            for group, (v, members) in enumerate(by_len.items()):
+                inputs = VisionInputs(config=cfg, options=options, projected=torch.stack([merged_feats[i] for i in
+                                                                                          members]),
+                                      grid=(1, v), memo=memo, group=group)
+                stages, capped = cfg.image_schedule(num_layers, v)
+                (stage,) = stages
+                sel = as_selection(method(inputs, stage.keep))
+                emb = sel.embeds if sel.embeds is not None else inputs.kept_embeds(sel.kept)
+                if stage.merged:
+                    emb = torch.cat([emb, sel.merged.to(emb.dtype)], dim=1)
+                for j, i in enumerate(members):
+                    feats[i] = emb[j]
+                    records[i] = PruneRecord(0, -1, v, sel.kept[j], sel.scores[j], stage.merged, capped)
+            return feats, records
+
+        sizes = self._checked_sizes(views, image_sizes)
+        tower = model.get_vision_tower()
+        per_side = tower.num_patches_per_side
+        per_view = per_side * per_side
+        counts = [v.shape[0] for v in views]
+        if min(counts) < 2:
+            raise ValueError("a LLaVA-1.6 image must come as its base view and its crops (process_images with "
+                             "image_aspect_ratio anyres); got an image of one view")
+        states = tower.hidden_states(torch.cat(views))
+        device = states[0].device
+        owner = [i for i, n in enumerate(counts) for _ in range(n)]
+        clip_text = getattr(model, "clip_text", None)
+        inputs = VisionInputs(config=cfg, options=options, hidden_states=states, select_layer=tower.select_layer,
+                              tower=tower.vision_tower, project=lambda x: model.mm_projector(x.to(proj_dtype)),
+                              instructions=None if texts is None else [texts[image_rows[i]] for i in owner],
+                              text_encoder=clip_text[0] if clip_text else None,
+                              image_projection=clip_text[1] if clip_text else None, memo=memo,
+                              view_image=torch.tensor(owner, device=device))
+        if inputs.num_tokens != per_view:
+            raise ValueError(f"--prune-method {cfg.method!r} on LLaVA-1.6 needs the tower's {per_side}x{per_side} "
+                             f"patch grid per view; its features have {inputs.num_tokens} tokens")
+        (stage,) = cfg.schedule(num_layers, per_view)
+        sel = as_selection(method(inputs, stage.keep))
+        emb = sel.embeds if sel.embeds is not None else inputs.kept_embeds(sel.kept)  # [views, keep, D]
+        extra = sel.merged.to(emb.dtype) if stage.merged else None  # [views, merged, D]
+        if stage.merged and not kind.startswith("visionzip"):
+            raise RuntimeError(f"method {cfg.method!r} merges tokens, which its LLaVA-1.6 layout {kind!r} has no "
+                               "place for")
+        feats, records, first = [], [], 0
+        for i, n in enumerate(counts):
+            rows = slice(first, first + n)
+            first += n
+            # each kept patch as an index into the image's views flattened (view-major, ascending)
+            flat = (torch.arange(n, device=device)[:, None] * per_view + sel.kept[rows]).reshape(-1)
+            grid = "flat" if kind.endswith("flat") else "spatial"
+            src, _ = feature_layout(sizes[i], n, per_side, grid, self.config.image_grid_pinpoints,
+                                    tower.config.image_size)
+            rank = torch.empty(n * per_view, dtype=torch.long)
+            rank[src] = torch.arange(src.numel())
+            order = rank.to(device)[flat].argsort()
+            kept, tokens = flat[order], emb[rows].reshape(-1, emb.shape[-1])[order]
+            if kind == "visionzip":
+                # base: CLS, its dominant patches, its contextual tokens; then the crops' dominant patches on
+                # the crop grid, every crop's CLS, every crop's contextual tokens (crop order)
+                base = stage.keep
+                tokens = torch.cat([extra[first - n, :1], tokens[:base], extra[first - n, 1:], tokens[base:],
+                                    extra[first - n + 1:first, 0], extra[first - n + 1:first, 1:].reshape(
+                                        -1, emb.shape[-1])])
+            elif kind == "visionzip_flat":  # every view in turn: CLS, dominant patches, contextual tokens
+                tokens = torch.cat([extra[rows, :1], emb[rows], extra[rows, 1:]], dim=1).reshape(-1, emb.shape[-1])
+            feats.append(tokens)
+            records.append(PruneRecord(0, -1, n * per_view, kept, sel.scores[rows].reshape(-1),
+                                       n * stage.merged))
+        return feats, records
+
+    def _checked_sizes(self, views: list[torch.Tensor], image_sizes) -> list | None:
+        sizes = None if image_sizes is None else [tuple(int(x) for x in sz) for sz in image_sizes]
+        if sizes is not None and len(sizes) != len(views):
+            raise ValueError(f"image_sizes gives {len(sizes)} size(s) for {len(views)} image(s); pass one "
+                             "(width, height) per image, in marker order")
+        if any(v.shape[1:] != views[0].shape[1:] for v in views):
+            raise ValueError("every view of a LLaVA-1.6 image must have the tower's input size")
+        return sizes if sizes is not None else [None] * len(views)
 
     def _multi_view_features(self, views: list[torch.Tensor], image_sizes) -> tuple[list, list]:
         """LLaVA-1.6: every view of every image through the tower in one call, then each image's features
@@ -257,11 +370,16 @@ class LlavaMetaForCausalLM:
             if prune is not None and prune.stage == "vision":
                 image_rows = [b for b in range(ids.shape[0])
                               for _ in range(int((ids[b][mask[b]] == IMAGE_TOKEN_INDEX).sum()))]
-                n_images = len(self._image_pixels(images))
+                views = self._image_views(images) if self.multi_view else None
+                n_images = len(views) if views is not None else len(self._image_pixels(images))
                 if n_images != n_markers:
                     raise ValueError(f"the prompts hold {n_markers} <image> marker(s) but {n_images} image(s) "
                                      "were given")
-                feats, vision_records = self._vision_stage(images, image_rows, _row_texts(texts, ids.shape[0]))
+                if views is not None:
+                    feats, vision_records = self._vision_stage_anyres(views, image_rows,
+                                                                      _row_texts(texts, ids.shape[0]), image_sizes)
+                else:
+                    feats, vision_records = self._vision_stage(images, image_rows, _row_texts(texts, ids.shape[0]))
                 layouts = [None] * len(feats)
             else:
                 feats, layouts = self._image_features(images, image_sizes)

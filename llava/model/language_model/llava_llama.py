@@ -71,22 +71,48 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
 
             tower = self.get_vision_tower()
             visual = tower.num_patches if tower is not None else None
-            if tower is not None and getattr(self.config, "image_aspect_ratio", None) == "anyres":
+            per_view = False  # a vision-stage method that prunes each view: its budget is per view (576)
+            if cfg.stage == "vision" and self.multi_view:
+                per_view = self._check_vision_stage_anyres(cfg) != "merged"
+            if tower is not None and getattr(self.config, "image_aspect_ratio", None) == "anyres" and not per_view:
                 # V varies per image (each is budgeted by its own V at run time); checked here for a square
                 # image of the tower's size
                 from llava.anyres import anyres_num_tokens
 
                 side = tower.config.image_size
                 visual = anyres_num_tokens((side, side), self.config, tower.num_patches_per_side, side)
+                if cfg.caps(visual):  # an image whose V is below the budget keeps all its tokens (capped)
+                    from llava.anyres import anyres_max_tokens
+
+                    visual = anyres_max_tokens(self.config, tower.num_patches_per_side, side)
+                    if cfg.caps(visual):
+                        from entropyprune.config import FLAGS
+
+                        flag = FLAGS["keep"] if cfg.keep is not None else FLAGS["avg_tokens"]
+                        given = cfg.keep if cfg.keep is not None else cfg.avg_tokens
+                        raise ValueError(f"{flag} {given} is more than the {visual} visual tokens of the largest "
+                                         "image this checkpoint's pinpoints give, so it would prune no image: use "
+                                         f"{flag} <= {visual}")
             check_prune_config(cfg, self.config, visual)
-            if cfg.stage == "vision" and self.multi_view:
-                raise ValueError(f"--prune-method {cfg.method!r} prunes in the vision tower, which is not supported "
-                                 "for LLaVA-1.6 (anyres) checkpoints; use a language-model method (e.g. "
-                                 "entropyprune, fastv, dart)")
             if cfg.stage == "vision":
                 self._check_vision_stage(cfg, tower)
         self.model.prune = cfg
         self.model.prune_trace = []
+
+    def _check_vision_stage_anyres(self, cfg) -> str:
+        """LLaVA-1.6: the method's official LLaVA-NeXT path (entropyprune.methods.ANYRES_LAYOUTS), or one line
+        saying why it is refused."""
+        from entropyprune.methods import get_spec
+
+        spec = get_spec(cfg.method)
+        if spec.anyres is None:
+            raise ValueError(f"--prune-method {cfg.method!r} at the vision stage is not supported for LLaVA-1.6 "
+                             "(anyres) checkpoints: its official code has no LLaVA-NeXT path (docs/LLaVA-NeXT.md); "
+                             "use cdpruner, divprune, vispruner, visionzip or a language-model method")
+        if cfg.keep_newlines:
+            raise ValueError(f"--prune-keep-newlines is for language-model methods; {cfg.method!r} treats LLaVA-1.6's "
+                             "newline tokens as its official code does (docs/LLaVA-NeXT.md): drop the flag")
+        return spec.anyres(cfg.method_options(), getattr(self.config, "mm_patch_merge_type", "flat"))
 
     def _check_vision_stage(self, cfg, tower) -> None:
         """A vision-stage method needs the tower's patch features (and, for some, CLIP's text tower)."""
