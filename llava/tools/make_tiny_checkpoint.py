@@ -1,7 +1,7 @@
 """Build a complete tiny LLaVA-1.5 checkpoint offline and deterministically.
 
     python -m llava.tools.make_tiny_checkpoint --out checkpoints/llava-v1.5-tiny [--format llava|hf|llama] [--seed 0]
-        [--absolute-tower-path]
+        [--absolute-tower-path] [--tower random|colour]
 
 What it writes, in the real formats:
 - a tiny CLIP as its own folder (336 px, patch 14: 576 visual tokens, like CLIP-L/14-336), a full CLIPModel
@@ -22,6 +22,9 @@ null), as llava-v1.6-mistral-7b.
 `--format llama` writes the plain language model instead (a Llama folder as lmsys/vicuna-7b-v1.5 is: no
 projector, no `mm_*` fields) with the tiny CLIP beside it in its folder: what LLaVA's training starts from
 (`python -m llava.train.train --model_name_or_path OUT --vision_tower OUT/clip-vit-tiny-patch14-336`).
+
+`--tower colour` sets the tiny CLIP's vision weights by hand so each patch feature is its colour contrast,
+brightness and position (llava/tools/colour_tower.py): the tower the synthetic task's model trains on.
 
 Random weights mean the answers are gibberish; the checkpoint exists to exercise every code path.
 The output is byte-for-byte the same for the same arguments, wherever it is written (unless
@@ -159,8 +162,9 @@ def tower_state_dict(tower) -> dict[str, torch.Tensor]:
             for k, t in tower.state_dict().items()}
 
 
-def _make_tower(out_dir: str, seed: int, image_size: int = 336):
-    """The tiny CLIP folder; returns its vision tower (the only half LLaVA itself uses).
+def _make_tower(out_dir: str, seed: int, image_size: int = 336, colour: bool = False):
+    """The tiny CLIP folder; returns its vision tower (the only half LLaVA itself uses). `colour`: the vision
+    weights set by hand (llava/tools/colour_tower.py) after they are drawn.
 
     The vision weights come first from their own seed, so the text half (drawn after, from another seed)
     leaves them as they were before the text half existed."""
@@ -172,6 +176,10 @@ def _make_tower(out_dir: str, seed: int, image_size: int = 336):
     torch.manual_seed(seed + 1)
     vision = {**TINY_VISION, "image_size": image_size}
     tower = CLIPVisionModel(CLIPVisionConfig(**vision)).eval()
+    if colour:
+        from llava.tools.colour_tower import set_colour_weights
+
+        set_colour_weights(tower)
     ids = _write_clip_tokenizer(out_dir)
     text_config = {**TINY_CLIP_TEXT, **ids, "pad_token_id": ids["eos_token_id"]}
     torch.manual_seed(seed + 2)
@@ -291,7 +299,8 @@ def _mistral_text(text: dict) -> dict:
 
 
 def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new",
-          absolute_tower: bool = False, next_: bool = False, language_model: str = "llama") -> str:
+          absolute_tower: bool = False, next_: bool = False, language_model: str = "llama",
+          tower_kind: str = "random") -> str:
     """Write the checkpoint to `out`; the same arguments give the same bytes, whatever the folder.
 
     `mm_vision_tower` names the tower folder relative to the checkpoint, which our loader resolves and which
@@ -304,6 +313,8 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
         raise ValueError(f"--language-model must be 'llama' or 'mistral', got {language_model!r}")
     if (next_ or language_model != "llama") and fmt == "llama":
         raise ValueError("--next and --language-model mistral write LLaVA-1.6 checkpoints: use --format llava or hf")
+    if tower_kind not in ("random", "colour"):
+        raise ValueError(f"--tower must be 'random' or 'colour', got {tower_kind!r}")
     if language_model != "llama" and not next_:
         raise ValueError("--language-model mistral is for LLaVA-1.6 (llava-v1.6-mistral-7b): add --next")
     os.makedirs(out, exist_ok=True)
@@ -311,7 +322,7 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     tower_name = NEXT_TOWER_DIR if next_ else TOWER_DIR
     tower_dir = os.path.join(out, tower_name)
     os.makedirs(tower_dir, exist_ok=True)
-    tower = _make_tower(tower_dir, seed, NEXT_IMAGE_SIZE if next_ else 336)
+    tower = _make_tower(tower_dir, seed, NEXT_IMAGE_SIZE if next_ else 336, colour=tower_kind == "colour")
     text = tiny_text_config(vocab)
     if language_model == "mistral":
         text = _mistral_text(text)
@@ -397,9 +408,12 @@ def main(argv=None) -> None:
                     help="a LLaVA-1.6 (LLaVA-NeXT, anyres) checkpoint: 84 px tower, small pinpoints, image_newline")
     ap.add_argument("--language-model", default="llama", choices=["llama", "mistral"],
                     help="with --next: the language model's architecture (mistral: as llava-v1.6-mistral-7b)")
+    ap.add_argument("--tower", default="random", choices=["random", "colour"],
+                    help="colour: the vision weights set by hand so patch features are colour and position "
+                         "(llava/tools/colour_tower.py), the tower the synthetic task's model is trained on")
     args = ap.parse_args(argv)
     path = build(args.out, args.format, args.seed, args.weights, args.hf_layout, args.absolute_tower_path,
-                 args.next, args.language_model)
+                 args.next, args.language_model, args.tower)
     print(f"tiny {'LLaVA-1.6 ' if args.next else ''}{args.format} checkpoint written to {path}")
 
 
