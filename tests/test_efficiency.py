@@ -156,6 +156,30 @@ def test_efficiency_bench_vision_stage_rows(capsys):
     assert "cdpruner@64: selection" in capsys.readouterr().out
 
 
+def test_efficiency_bench_llava_next_image_shape_at_kept_counts():
+    """--image-size gives the image span LLaVA-1.6's count for that shape (672x672: 576 base + 2x2 crops' 48x48
+    grid + 48 newlines = 2928, by hand); --keeps sets N after layer K, and the row's average is
+    (K * V + (32 - K) * N) / 32; the KV cache is asserted against the kept tokens inside the run."""
+    from llava.bench import efficiency
+
+    rows = efficiency.main(["--arch", "tiny", "--image-size", "672x672", "--keeps", "640,160", "--repeats", "1",
+                            "--warmup", "0", "--new-tokens", "1", "--methods", "entropy"])
+    vanilla, k640, k160 = rows
+    assert [r["label"] for r in rows] == ["vanilla", "entropy@keep640", "entropy@keep160"]
+    assert vanilla["visual_tokens"] == 2928 and vanilla["image_size"] == "672x672"
+    assert k640["keep"] == 640 and k160["keep"] == 160
+    assert k640["visual_per_layer"] == [2928, 2928, 640, 640]
+    assert k160["avg_tokens"] == pytest.approx((2 * 2928 + 30 * 160) / 32)
+    drop = vanilla["kv_bytes"] - k160["kv_bytes"]  # tiny: 4 layers x 4 kv heads x 16, bf16
+    assert drop == 2 * (4 - 2) * (2928 - 160) * 4 * 16 * 2
+    with pytest.raises(ValueError, match="--image-size is for --arch without --with-vision"):
+        efficiency.main(["--arch", "tiny", "--with-vision", "--image-size", "672x672"])
+    with pytest.raises(ValueError, match="640 of 576"):
+        efficiency.main(["--arch", "tiny", "--keeps", "640"])
+    with pytest.raises(ValueError, match="--keeps"):
+        efficiency.main(["--arch", "tiny", "--keeps", "0"])
+
+
 def test_efficiency_bench_rejects_bad_input():
     from llava.bench import efficiency
 

@@ -2,6 +2,7 @@
 
     python -m llava.bench.efficiency --arch llava-1.5-7b-cpu [--layers 6] [--budgets 192,128,64]
         [--methods entropy,random] [--repeats 5] [--new-tokens 4] [--json FILE]
+    python -m llava.bench.efficiency --arch llava-1.5-7b-cpu --image-size 672x672 --keeps 640,320,160
     python -m llava.bench.efficiency --model-path liuhaotian/llava-v1.5-7b \\
         [--questions playground/data/eval/MME/llava_mme.jsonl --num-questions 20 --image-folder DIR]
 
@@ -54,6 +55,13 @@ depth for a checkpoint, 32 for the ``--arch`` models), turned into a per-image k
 exact rule of :mod:`entropyprune.budget`. So ``llava-1.5-7b-cpu`` keeps 166 / 98 / 29 tokens after layer 2
 for 192 / 128 / 64, exactly what the 32-layer model keeps; its FLOPs fraction is that of its own, shallower
 stack.
+
+LLaVA-1.6 (LLaVA-NeXT): a checkpoint is refused (one 576-token view per image here), but ``--arch`` without
+``--with-vision`` takes ``--image-size WxH``: the image span then holds LLaVA-1.6's visual-token count for an
+image of that shape on llava-v1.6's grid pinpoints (:mod:`entropyprune.anyres_tokens`; 672x672 gives 2928),
+the language model's prefill being the same computation as LLaVA-NeXT-7B's for one such image (its LM is
+Vicuna-7B, the widths of ``llava-1.5-7b``). ``--keeps 640,320,160`` sets the rows by kept count after layer K
+(LLaVA-1.6's convention) instead of average budgets.
 
 This module is the command line; the workload (model, prompts) is in ``workload.py``, one measured run in
 ``measure.py``, the rows and the table in ``table5.py``.
@@ -148,8 +156,10 @@ def refuse_anyres(model_path: str, tool: str, config=None) -> None:
     get = config.get if isinstance(config, dict) else (lambda k, c=config: getattr(c, k, None))
     if get("model_type") == "llava_next" or get("image_aspect_ratio") == "anyres":
         raise ValueError(f"{tool} {model_path}: a LLaVA-1.6 (anyres) checkpoint, whose images have V per shape; "
-                         "this benchmark times one 576-token view per image and has no per-shape mode: use "
-                         "`entropyprune flops --model llava-next-7b --image-size WxH` for its FLOPs and KV")
+                         "this benchmark times one 576-token view of a checkpoint's image: use `python -m "
+                         "llava.bench.efficiency --arch llava-1.5-7b-cpu --image-size WxH --keeps 640,320,160` for "
+                         "LLaVA-NeXT-7B's prefill at an image shape, `entropyprune flops --model llava-next-7b "
+                         "--image-size WxH` for its FLOPs and KV")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-vision", action="store_true", help="--arch: add a random CLIP tower and projector")
     p.add_argument("--methods", default="entropy", help="comma-separated registered methods (default: entropy)")
     p.add_argument("--budgets", default="192,128,64", help="average visual-token budgets (default: 192,128,64)")
+    p.add_argument("--keeps", help="kept visual tokens N after layer K instead of --budgets, e.g. 640,320,160 "
+                   "(LLaVA-1.6's convention)")
+    p.add_argument("--image-size", metavar="WxH",
+                   help="--arch without --with-vision: the image span has LLaVA-1.6's visual-token count for an "
+                        "image of this shape on llava-v1.6's grid pinpoints (e.g. 672x672: 2928) instead of 576")
     p.add_argument("--layer", type=int, default=2, help="pruning layer K (default: 2)")
     p.add_argument("--budget-layers", type=int,
                    help="L in the average-budget rule (default: 32 for --arch, the model's depth for a checkpoint)")
@@ -201,6 +216,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = build_parser().parse_args(argv)
     methods = _parse_list(args.methods, str, "--methods")
     budgets = _parse_list(args.budgets, float, "--budgets")
+    keeps = _parse_list(args.keeps, int, "--keeps") if args.keeps else None
+    if keeps is not None and (not keeps or min(keeps) < 1):
+        raise ValueError(f"--keeps {args.keeps!r}: expected positive kept counts, e.g. 640,320,160")
+    if args.image_size and (args.model_path or args.with_vision):
+        raise ValueError("--image-size is for --arch without --with-vision (random features of LLaVA-1.6's count); "
+                         "a checkpoint or a tower sets the count from the image itself")
+    if args.image_size and any(method_stage(m) == "vision" for m in methods):
+        raise ValueError("--image-size: vision-stage methods need a tower; use language-model methods")
     for m in methods:
         if m not in available_methods():
             known = ", ".join(available_methods())
@@ -243,7 +266,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--layer {args.layer}: must be in [1, {L - 1}] for this {L}-layer model")
     tower = model.get_vision_tower()
     num_visual = tower.num_patches if tower is not None else 576
-    for avg in budgets:
+    if args.image_size:
+        from entropyprune.anyres_tokens import anyres_tokens, parse_image_size
+
+        num_visual = anyres_tokens(parse_image_size(args.image_size)).total
+        model.num_visual_tokens = num_visual  # set_prune checks the budgets against it
+    for avg in ([] if keeps else budgets):
         try:  # the rule every run uses (entropyprune.budget), over --budget-layers layers
             keep_for_budget(budget_layers, args.layer, num_visual, avg_tokens=avg, flags=_BUDGET_FLAGS)
         except BudgetError as err:
@@ -251,7 +279,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 f"{err}; --budget-layers 32 applies the 32-layer (LLaVA-1.5-7B) rule to a shallower model"
             ) from None
     rows = build_rows(methods, budgets, args.layer, budget_layers, args.entropy_variant, args.prune_states,
-                      args.prune_seed, num_visual, _parse_method_options(args.method_option, methods))
+                      args.prune_seed, num_visual, _parse_method_options(args.method_option, methods), keeps)
 
     if args.questions:
         prompts = question_prompts(args.questions, args.num_questions, tokenizer, image_processor, model,
@@ -260,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     else:
         if args.text_tokens < 1:
             raise ValueError("--text-tokens must be >= 1")
-        prompts = random_prompts(model, args.text_tokens, args.num_questions, device, dtype, args.seed)
+        prompts = random_prompts(model, args.text_tokens, args.num_questions, device, dtype, args.seed, num_visual)
         prompt_source = "random text"
 
     memory = Memory(device)
@@ -304,6 +332,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {os.cpu_count()} cores",
         "dtype": str(dtype).replace("torch.", ""),
         "arch": arch,
+        "image_size": args.image_size,  # LLaVA-1.6 image shape of the random features (None: 576)
         "layers": L,
         "budget_layers": budget_layers,
         "threads": torch.get_num_threads(),

@@ -20,8 +20,11 @@ GIB, MIB = 2**30, 2**20
 
 
 def build_rows(methods: list[str], budgets: list[float], layer: int, budget_layers: int, variant: str,
-               states: str, seed: int, num_visual: int = 576, options: dict | None = None) -> list[Row]:
-    """Vanilla, then each method at each average budget.
+               states: str, seed: int, num_visual: int = 576, options: dict | None = None,
+               keeps: list[int] | None = None) -> list[Row]:
+    """Vanilla, then each method at each average budget (or, with ``keeps``, at each kept count N after the
+    pruning layer: LLaVA-1.6's convention, 640 / 320 / 160; the row's average then is
+    ``(K * V + (budget_layers - K) * N) / budget_layers``).
 
     A single-stage method keeps the N that the budget rule gives over ``budget_layers`` layers (32: the
     LLaVA-1.5-7B rule, also on a shallower CPU preset). A multi-stage method's schedule is its own rule
@@ -40,6 +43,14 @@ def build_rows(methods: list[str], budgets: list[float], layer: int, budget_laye
         if spec.adaptive is not None and spec.adaptive(build_options(method, spec.options, opts)):
             cfg = PruneConfig(method=method, layer=at, variant=variant, states=states, seed=seed, options=opts)
             rows.append(Row(f"{method}@adaptive", method, None, None, cfg))
+            continue
+        for n in keeps or []:
+            cfg = PruneConfig(method=method, layer=at, keep=n, variant=variant, states=states, seed=seed,
+                              options=opts)
+            cfg.schedule(budget_layers, num_visual)  # refuses N > V or a schedule the method cannot run
+            avg = (at * num_visual + (budget_layers - at) * n) / budget_layers
+            rows.append(Row(f"{method}@keep{n}", method, avg, n, cfg))
+        if keeps:
             continue
         for avg in budgets:
             avg = int(avg) if float(avg).is_integer() else avg

@@ -161,7 +161,9 @@ class Prompt:
     text: str | None = None  # the instruction, for the vision-stage methods that read it (CDPruner)
 
 
-def random_prompts(model, n_text: int, count: int, device, dtype, seed: int) -> list[Prompt]:
+def random_prompts(model, n_text: int, count: int, device, dtype, seed: int, num_visual: int = 576) -> list[Prompt]:
+    """Random text around one image marker; without a tower, `num_visual` random projected features stand in
+    for the image (576: LLaVA-1.5's view; LLaVA-1.6's count for an image shape, see --image-size)."""
     from llava.constants import IMAGE_TOKEN_INDEX
 
     g = torch.Generator().manual_seed(seed)
@@ -178,7 +180,7 @@ def random_prompts(model, n_text: int, count: int, device, dtype, seed: int) -> 
             pixels = torch.randn(1, 3, side, side, generator=g).to(device=device, dtype=dtype)
             prompts.append(Prompt(ids, images=pixels, text=RANDOM_INSTRUCTION))
         else:
-            feats = torch.randn(576, model.config.hidden_size, generator=g).to(device=device, dtype=dtype)
+            feats = torch.randn(num_visual, model.config.hidden_size, generator=g).to(device=device, dtype=dtype)
             prompts.append(Prompt(ids, features=feats))
     return prompts
 

@@ -70,7 +70,9 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, nn.Module):
             from entropyprune.hook import check_prune_config
 
             tower = self.get_vision_tower()
-            visual = tower.num_patches if tower is not None else None
+            # without a tower (benchmarks feed projected features) budgets are checked against the
+            # feature count they set in ``num_visual_tokens`` (LLaVA-1.5's 576 when unset)
+            visual = tower.num_patches if tower is not None else getattr(self, "num_visual_tokens", None)
             per_view = False  # a vision-stage method that prunes each view: its budget is per view (576)
             if cfg.stage == "vision" and self.multi_view:
                 per_view = self._check_vision_stage_anyres(cfg) != "merged"
