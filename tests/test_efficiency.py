@@ -163,9 +163,12 @@ def test_efficiency_bench_llava_next_image_shape_at_kept_counts():
     from llava.bench import efficiency
 
     rows = efficiency.main(["--arch", "tiny", "--image-size", "672x672", "--keeps", "640,160", "--repeats", "1",
-                            "--warmup", "0", "--new-tokens", "1", "--methods", "entropy"])
-    vanilla, k640, k160 = rows
-    assert [r["label"] for r in rows] == ["vanilla", "entropy@keep640", "entropy@keep160"]
+                            "--warmup", "0", "--new-tokens", "1", "--methods", "entropy,dart"])
+    vanilla, k640, k160, d640, _ = rows
+    assert [r["label"] for r in rows] == ["vanilla", "entropy@keep640", "entropy@keep160", "dart@keep640",
+                                          "dart@keep160"]
+    # a row's keep is what the run kept (DART rounds to its pivots), read back from the prune trace
+    assert d640["keep"] == d640["visual_per_layer"][2] <= 640
     assert vanilla["visual_tokens"] == 2928 and vanilla["image_size"] == "672x672"
     assert k640["keep"] == 640 and k160["keep"] == 160
     assert k640["visual_per_layer"] == [2928, 2928, 640, 640]

@@ -47,9 +47,11 @@ def build_rows(methods: list[str], budgets: list[float], layer: int, budget_laye
         for n in keeps or []:
             cfg = PruneConfig(method=method, layer=at, keep=n, variant=variant, states=states, seed=seed,
                               options=opts)
-            cfg.schedule(budget_layers, num_visual)  # refuses N > V or a schedule the method cannot run
-            avg = (at * num_visual + (budget_layers - at) * n) / budget_layers
-            rows.append(Row(f"{method}@keep{n}", method, avg, n, cfg))
+            stages = cfg.schedule(budget_layers, num_visual)  # refuses N > V or a schedule it cannot run
+            # what the method realises (DART: a multiple of its pivots, 636 for 640)
+            kept = stages[0].keep if len(stages) == 1 and not stages[0].merged else n
+            avg = (at * num_visual + (budget_layers - at) * kept) / budget_layers
+            rows.append(Row(f"{method}@keep{n}", method, avg, kept, cfg))
         if keeps:
             continue
         for avg in budgets:

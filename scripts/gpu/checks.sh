@@ -35,6 +35,11 @@ ENTROPYPRUNE_TEST_DEVICE=cuda "$PYTHON" -m pytest -q tests/test_generation.py te
 "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --with-vision --device cuda --dtype float16 --repeats 10 \
     --new-tokens 32 --methods entropy,cdpruner,divprune,prumerge,prumerge_plus,visionzip,vispruner \
     --json "$OUT/efficiency_vision.json" | tee "$OUT/efficiency_vision.txt"
+# 4c. LLaVA-NeXT-7B's language-model prefill for one 672x672 image (2928 visual tokens), the paper's Table 2
+#     budgets (keep 640 / 320 / 160 after layer 2).
+"$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --image-size 672x672 --keeps 640,320,160 --device cuda \
+    --dtype float16 --repeats 10 --new-tokens 32 --methods entropy,fastv,dart \
+    --json "$OUT/efficiency_next.json" | tee "$OUT/efficiency_next.txt"
 if "$PYTHON" -c "import flash_attn" 2>/dev/null; then
     "$PYTHON" -m llava.bench.efficiency --arch llava-1.5-7b --device cuda --dtype float16 --repeats 10 \
         --new-tokens 32 --methods entropy,fastv --attn-implementation flash_attention_2 \
