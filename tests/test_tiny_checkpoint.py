@@ -122,3 +122,47 @@ def test_the_text_half_leaves_the_vision_weights_as_their_own_seed_draws_them(lo
     fresh = CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).state_dict()
     ours = loaded_tiny[1].get_vision_tower().vision_tower.state_dict()
     assert fresh.keys() == ours.keys() and all(torch.equal(fresh[k], ours[k]) for k in fresh)
+
+
+def test_training_init_sizes_and_legacy_tokenizer(tmp_path):
+    """``--format llama --init train --hidden-size --layers --heads --tokenizer-legacy``: the Llama config has the
+    sizes asked for; the weights are the documented draws (matrices N(0, 0.02), query/key N(0, 0.15), norms 1);
+    the tokenizer says legacy, so LLaVA's v1 masks learn every answer of a multi-turn conversation."""
+    from llava.model.builder import load_tokenizer
+    from llava.tools.make_tiny_checkpoint import QK_INIT_STD
+    from llava.train.data import preprocess_v1
+
+    out = build(str(tmp_path / "m"), "llama", hidden_size=96, layers=3, heads=3, init="train",
+                tokenizer_legacy=True, tower_kind="colour")
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"],
+            cfg["num_key_value_heads"]) == (96, 192, 3, 3, 3)
+    sd = {}
+    for name in sorted(os.listdir(out)):
+        if name.endswith(".safetensors"):
+            sd.update(load_file(os.path.join(out, name)))
+    assert not any(k.startswith("model.mm_projector.") for k in sd)
+    qk = torch.cat([sd[f"model.layers.{i}.self_attn.{p}_proj.weight"].flatten() for i in range(3) for p in "qk"])
+    rest = torch.cat([t.flatten() for k, t in sd.items() if t.dim() == 2 and not k.endswith(("q_proj.weight",
+                                                                                             "k_proj.weight"))])
+    assert abs(qk.std().item() - QK_INIT_STD) < 0.01 and abs(rest.std().item() - 0.02) < 0.001
+    assert abs(qk.mean().item()) < 0.01 and abs(rest.mean().item()) < 0.001
+    assert all(torch.equal(t, torch.ones_like(t)) for k, t in sd.items() if k.endswith("norm.weight"))
+    tok = load_tokenizer(out)
+    tok.pad_token = tok.unk_token
+    assert tok.legacy is True
+    turns = [("<image>\nIs there a red shape in the image?", "Yes"), ("Is there a blue shape in the image?", "No")]
+    source = [m for q, a in turns for m in ({"from": "human", "value": q}, {"from": "gpt", "value": a})]
+    labels = preprocess_v1([source], tok, has_image=True)["labels"][0].tolist()
+    assert tok.decode([t for t in labels if t != -100]).replace(" ", "") == "Yes</s>No</s>"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(init="train"), "--init train is a starting point for training"),
+    (dict(fmt="llama", hidden_size=64, heads=3), "must split into --heads 3"),
+    (dict(fmt="llama", layers=0), "--layers must be a positive integer"),
+])
+def test_training_init_refusals(tmp_path, kwargs, message):
+    kwargs.setdefault("fmt", "llava")
+    with pytest.raises(ValueError, match=message):
+        build(str(tmp_path / "m"), **kwargs)

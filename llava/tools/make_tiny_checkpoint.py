@@ -104,6 +104,19 @@ def _train_tokenizer(out_dir: str, seed: int) -> int:
     return sp.get_piece_size()
 
 
+def _set_tokenizer_legacy(out_dir: str) -> None:
+    """``legacy: true`` in tokenizer_config.json. Then a word after ``</s>`` keeps its ``▁`` (``</s>▁USER``), so
+    a later round of a conversation is the same tokens as that round tokenized alone after a BOS, and LLaVA's
+    ``preprocess_v1`` (which takes its per-round correction only for non-legacy tokenizers) labels
+    multi-turn samples correctly. With ``legacy: false`` this vocabulary splits ``</s>USER`` as ``U SER``, one
+    token fewer than Vicuna's correction assumes, and every multi-turn sample is masked (docs/Training.md)."""
+    path = os.path.join(out_dir, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg["legacy"] = True
+    _write_json(path, cfg)
+
+
 def _write_json(path: str, obj) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2, ensure_ascii=False)
@@ -200,12 +213,44 @@ def _make_tower(out_dir: str, seed: int, image_size: int = 336, colour: bool = F
     return tower
 
 
-def tiny_text_config(vocab_size: int) -> dict:
+def tiny_text_config(vocab_size: int, hidden_size: int = 64, layers: int = 4, heads: int = 4) -> dict:
     return dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
-        hidden_act="silu", pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=2048, rms_norm_eps=1e-5,
+        rope_theta=10000.0, hidden_act="silu", pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        tie_word_embeddings=False,
     )
+
+
+def _train_init_state(text: dict, seed: int) -> dict[str, torch.Tensor]:
+    """``--init train``: a language model to train from, not to test decoding with. Every matrix N(0, 0.02)
+    (GPT-2's and Llama's recipe), except the query and key projections, N(0, QK_INIT_STD): at 0.02 a head's
+    attention over the 576 visual tokens starts uniform and the first hundreds of steps are spent leaving
+    that plateau; at 0.15 the scores already depend on the tokens' content (measured on the synthetic task,
+    docs/Training.md). Norm weights 1."""
+    g = torch.Generator().manual_seed(seed)
+    d, m, v = text["hidden_size"], text["intermediate_size"], text["vocab_size"]
+    kv = text["num_key_value_heads"] * (d // text["num_attention_heads"])
+
+    def w(*shape, std=0.02):
+        return torch.randn(*shape, generator=g) * std
+
+    sd = {"model.embed_tokens.weight": w(v, d)}
+    for i in range(text["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        sd.update({
+            p + "self_attn.q_proj.weight": w(d, d, std=QK_INIT_STD),
+            p + "self_attn.k_proj.weight": w(kv, d, std=QK_INIT_STD),
+            p + "self_attn.v_proj.weight": w(kv, d), p + "self_attn.o_proj.weight": w(d, d),
+            p + "mlp.gate_proj.weight": w(m, d), p + "mlp.up_proj.weight": w(m, d), p + "mlp.down_proj.weight": w(d, m),
+            p + "input_layernorm.weight": torch.ones(d), p + "post_attention_layernorm.weight": torch.ones(d),
+        })
+    sd["model.norm.weight"] = torch.ones(d)
+    sd["lm_head.weight"] = w(v, d)
+    return sd
+
+
+QK_INIT_STD = 0.15
 
 
 def _random_llava_state(text: dict, mm_hidden: int, seed: int) -> dict[str, torch.Tensor]:
@@ -300,7 +345,8 @@ def _mistral_text(text: dict) -> dict:
 
 def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetensors", hf_layout: str = "new",
           absolute_tower: bool = False, next_: bool = False, language_model: str = "llama",
-          tower_kind: str = "random") -> str:
+          tower_kind: str = "random", hidden_size: int = 64, layers: int = 4, heads: int = 4, init: str = "peaked",
+          tokenizer_legacy: bool = False) -> str:
     """Write the checkpoint to `out`; the same arguments give the same bytes, whatever the folder.
 
     `mm_vision_tower` names the tower folder relative to the checkpoint, which our loader resolves and which
@@ -315,6 +361,15 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
         raise ValueError("--next and --language-model mistral write LLaVA-1.6 checkpoints: use --format llava or hf")
     if tower_kind not in ("random", "colour"):
         raise ValueError(f"--tower must be 'random' or 'colour', got {tower_kind!r}")
+    if init not in ("peaked", "train"):
+        raise ValueError(f"--init must be 'peaked' or 'train', got {init!r}")
+    if init == "train" and fmt != "llama":
+        raise ValueError("--init train is a starting point for training: use it with --format llama")
+    for flag, value in (("--hidden-size", hidden_size), ("--layers", layers), ("--heads", heads)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag} must be a positive integer, got {value!r}")
+    if hidden_size % heads or (hidden_size // heads) % 2:
+        raise ValueError(f"--hidden-size {hidden_size} must split into --heads {heads} heads of an even size (RoPE)")
     if language_model != "llama" and not next_:
         raise ValueError("--language-model mistral is for LLaVA-1.6 (llava-v1.6-mistral-7b): add --next")
     os.makedirs(out, exist_ok=True)
@@ -323,10 +378,15 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     tower_dir = os.path.join(out, tower_name)
     os.makedirs(tower_dir, exist_ok=True)
     tower = _make_tower(tower_dir, seed, NEXT_IMAGE_SIZE if next_ else 336, colour=tower_kind == "colour")
-    text = tiny_text_config(vocab)
+    if tokenizer_legacy:
+        _set_tokenizer_legacy(out)
+    text = tiny_text_config(vocab, hidden_size, layers, heads)
     if language_model == "mistral":
         text = _mistral_text(text)
-    sd = _random_llava_state(text, TINY_VISION["hidden_size"], seed)
+    if init == "train":
+        sd = _train_init_state(text, seed)
+    else:
+        sd = _random_llava_state(text, TINY_VISION["hidden_size"], seed)
     if next_:  # drawn last, from its own seed: the other weights are those of the LLaVA-1.5 checkpoint
         g = torch.Generator().manual_seed(seed + 3)
         sd["model.image_newline"] = torch.randn(text["hidden_size"], generator=g)
@@ -411,9 +471,19 @@ def main(argv=None) -> None:
     ap.add_argument("--tower", default="random", choices=["random", "colour"],
                     help="colour: the vision weights set by hand so patch features are colour and position "
                          "(llava/tools/colour_tower.py), the tower the synthetic task's model is trained on")
+    ap.add_argument("--hidden-size", type=int, default=64, help="the language model's width (MLP: twice that)")
+    ap.add_argument("--layers", type=int, default=4, help="the language model's decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads (as many key/value heads)")
+    ap.add_argument("--init", default="peaked", choices=["peaked", "train"],
+                    help="peaked: large random weights, so greedy decoding is stable (tests); train: a training "
+                         "init (N(0, 0.02), query/key N(0, 0.15)), with --format llama")
+    ap.add_argument("--tokenizer-legacy", action="store_true",
+                    help="write legacy: true in tokenizer_config.json, so LLaVA's v1 label masks fit multi-turn "
+                         "conversations with this vocabulary")
     args = ap.parse_args(argv)
     path = build(args.out, args.format, args.seed, args.weights, args.hf_layout, args.absolute_tower_path,
-                 args.next, args.language_model, args.tower)
+                 args.next, args.language_model, args.tower, args.hidden_size, args.layers, args.heads, args.init,
+                 args.tokenizer_legacy)
     print(f"tiny {'LLaVA-1.6 ' if args.next else ''}{args.format} checkpoint written to {path}")
 
 
