@@ -25,7 +25,8 @@ from llava.decoding import decode_answer
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 
-# (label, method, layer) of the table's rows; None for a layer: the method's stage default (0 before the LM).
+# The table's methods: vision-stage ones run before the language model (K = 0), the others (random included, the
+# control for the in-LM methods) after layer --layer.
 DEFAULT_METHODS = "random,entropy,fastv,dart,divprune"
 
 
@@ -83,9 +84,9 @@ def table(args, tokenizer, model, processor) -> None:
     print()
     # One example: the first question the unpruned model gets right and random at the smallest budget gets wrong.
     worst = next((r for r in results if r.label.startswith(f"random@{min(budgets)}")), results[-1])
-    pick = next((i for i, q in enumerate(questions)
-                 if results[0].answers[i].lower().startswith(q.answer) and
-                 not worst.answers[i].lower().startswith(q.answer)), 0)
+    right = [[demo_table.parse_pred(a.strip()) == q.answer for a, q in zip(r.answers, questions, strict=True)]
+             for r in (results[0], worst)]
+    pick = next((i for i in range(len(questions)) if right[0][i] and not right[1][i]), 0)
     q = questions[pick]
     print(f"example: {q.image}\n  question: {q.text} (truth: {q.answer})")
     for r in (results[0], worst):

@@ -27,7 +27,7 @@ from PIL import Image
 
 from entropyprune.config import PruneConfig
 from llava.conversation import build_prompt
-from llava.eval.batching import Prepared, answer_stream, collate
+from llava.eval.batching import Prepared, _images_of, answer_stream, collate
 from llava.eval.eval_mme import parse_pred
 from llava.mm_utils import process_images, tokenizer_image_token
 
@@ -117,7 +117,7 @@ def _prefill_ms(model, rows: list[Prepared], batch_size: int) -> float:
     batches = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
     for k, batch in enumerate([batches[0]] + batches):
         ids, mask = collate(batch)
-        pixels = torch.cat([r.pixels for r in batch]).to(model.device, model.dtype)
+        pixels = _images_of(batch, model.device, model.dtype, getattr(model, "multi_view", False))
         sizes = [s for r in batch for s in r.image_sizes]
         texts = [r.text for r in batch]
         if model.device.type == "cuda":
