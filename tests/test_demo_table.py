@@ -98,3 +98,12 @@ def test_demo_prints_the_table(tiny_llava, mme_dir, capsys):
     # random runs where the in-LM methods run (their control); (1 * 576 + 3 * 64) / 4 = 192 on average
     assert "| random@64 (K=1) | 64 | 192 |" in out and "| entropy@64 (K=1) | 64 | 192 |" in out
     assert "example:" in out
+
+
+def test_demo_without_a_question_set_answers_one_question(tiny_llava, capsys):
+    from llava.tools import demo
+
+    demo.main(["--model-path", tiny_llava, "--max-new-tokens", "2"])
+    out = capsys.readouterr().out
+    assert "question: What shapes are in the image?" in out and "      vanilla: " in out
+    assert "[kept 166 of 576 visual tokens after layer 2]" in out
