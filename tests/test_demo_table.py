@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from entropyprune.config import PruneConfig
+from llava.decoding import decode_answer
 from llava.tools import demo_table as T
 
 
@@ -68,7 +69,7 @@ def test_rows_on_the_tiny_model(loaded_tiny, mme_dir):
                                  eos_token_id=tokenizer.eos_token_id)
         ids = out[0].tolist()
         ids = ids[: ids.index(tokenizer.eos_token_id) + 1] if tokenizer.eos_token_id in ids else ids
-        alone.append(tokenizer.decode(ids, skip_special_tokens=True))
+        alone.append(decode_answer(tokenizer, ids))
     assert vanilla.answers == alone
     right = sum(T.parse_pred(a.strip()) == q.answer for q, a in zip(qs, alone, strict=True))
     assert vanilla.accuracy == pytest.approx(100 * right / len(qs))

@@ -27,6 +27,7 @@ from PIL import Image
 
 from entropyprune.config import PruneConfig
 from llava.conversation import build_prompt
+from llava.decoding import decode_answer
 from llava.eval.batching import Prepared, _images_of, answer_stream, collate
 from llava.eval.eval_mme import parse_pred
 from llava.mm_utils import process_images, tokenizer_image_token
@@ -141,7 +142,7 @@ def run_row(model, tokenizer, questions, rows, label: str, cfg: PruneConfig | No
     stream = answer_stream(model, enumerate(rows), batch_size=batch_size, with_counts=True,
                            max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id)
     for _, ids, counts in stream:
-        answers.append(tokenizer.decode(ids, skip_special_tokens=True))
+        answers.append(decode_answer(tokenizer, ids))
         kept += counts
     acc, acc_plus, per_cat = _score(questions, answers)
     ms = _prefill_ms(model, rows, batch_size)
