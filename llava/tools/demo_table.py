@@ -29,11 +29,8 @@ from entropyprune.config import PruneConfig
 from llava.conversation import build_prompt
 from llava.decoding import decode_answer
 from llava.eval.batching import Prepared, _images_of, answer_stream, collate
-from llava.eval.eval_mme import parse_pred
+from llava.eval.eval_mme import LLAVA_SUFFIX, YES_NO_SUFFIX, parse_pred
 from llava.mm_utils import process_images, tokenizer_image_token
-
-SHORT = "Answer the question using a single word or phrase."
-YES_NO_SUFFIX = " Please answer yes or no."
 
 
 @dataclass
@@ -66,7 +63,7 @@ def load_questions(mme_dir: str) -> list[Question]:
                     q, sep, a = line.rstrip("\n").partition("\t")
                     if not sep or a.lower() not in ("yes", "no"):
                         raise ValueError(f"{os.path.join(cat_dir, name)}:{lineno}: expected 'question<TAB>Yes|No'")
-                    q = q[: -len(YES_NO_SUFFIX)] if q.endswith(YES_NO_SUFFIX) else q
+                    q = q.removesuffix(" " + YES_NO_SUFFIX)
                     out.append(Question(cat, image, q, a.lower()))
     if not out:
         raise ValueError(f"no questions under {mme_dir!r} (expected <subtask>/<n>.png and <n>.txt)")
@@ -81,7 +78,7 @@ def prepare(questions: list[Question], tokenizer, processor, model_config, conv_
         if q.image not in pixels_of:
             img = Image.open(q.image).convert("RGB")
             pixels_of[q.image] = (process_images([img], processor, model_config), [img.size])
-        prompt = build_prompt(f"{q.text}\n{SHORT}", conv_mode)
+        prompt = build_prompt(f"{q.text}\n{LLAVA_SUFFIX}", conv_mode)
         ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
         pixels, sizes = pixels_of[q.image]
         rows.append(Prepared(ids, pixels, sizes, q.text))

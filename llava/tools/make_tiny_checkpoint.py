@@ -77,7 +77,12 @@ def _corpus() -> list[str]:
     return text.split("\n")[:-1]
 
 
-def _train_tokenizer(out_dir: str, seed: int) -> int:
+def _train_tokenizer(out_dir: str, seed: int, legacy: bool = False) -> int:
+    """``legacy``: what tokenizer_config.json says. True keeps the ``▁`` of a word after ``</s>`` (``</s>▁USER``), so
+    a later round of a conversation is the same tokens as that round tokenized alone after a BOS and LLaVA's
+    ``preprocess_v1`` (which takes its per-round correction only for non-legacy tokenizers) labels multi-turn
+    samples correctly. False (the default): this vocabulary splits ``</s>USER`` as ``U SER``, one token fewer than
+    Vicuna's correction assumes, and every multi-turn sample is masked (docs/Training.md)."""
     import sentencepiece as spm
 
     # Trained from memory into memory: a corpus file or model prefix would be stored, path and all, in the
@@ -96,25 +101,12 @@ def _train_tokenizer(out_dir: str, seed: int) -> int:
     sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "pad_token": "<unk>", "clean_up_tokenization_spaces": False, "legacy": False,
+        "unk_token": "<unk>", "pad_token": "<unk>", "clean_up_tokenization_spaces": False, "legacy": legacy,
         "model_max_length": 2048, "padding_side": "right", "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer",
     })
     _write_json(os.path.join(out_dir, "special_tokens_map.json"),
                 {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<unk>"})
     return sp.get_piece_size()
-
-
-def _set_tokenizer_legacy(out_dir: str) -> None:
-    """``legacy: true`` in tokenizer_config.json. Then a word after ``</s>`` keeps its ``▁`` (``</s>▁USER``), so
-    a later round of a conversation is the same tokens as that round tokenized alone after a BOS, and LLaVA's
-    ``preprocess_v1`` (which takes its per-round correction only for non-legacy tokenizers) labels
-    multi-turn samples correctly. With ``legacy: false`` this vocabulary splits ``</s>USER`` as ``U SER``, one
-    token fewer than Vicuna's correction assumes, and every multi-turn sample is masked (docs/Training.md)."""
-    path = os.path.join(out_dir, "tokenizer_config.json")
-    with open(path, encoding="utf-8") as f:
-        cfg = json.load(f)
-    cfg["legacy"] = True
-    _write_json(path, cfg)
 
 
 def _write_json(path: str, obj) -> None:
@@ -222,12 +214,15 @@ def tiny_text_config(vocab_size: int, hidden_size: int = 64, layers: int = 4, he
     )
 
 
+QK_INIT_STD = 0.15
+
+
 def _train_init_state(text: dict, seed: int) -> dict[str, torch.Tensor]:
     """``--init train``: a language model to train from, not to test decoding with. Every matrix N(0, 0.02)
     (GPT-2's and Llama's recipe), except the query and key projections, N(0, QK_INIT_STD): at 0.02 a head's
-    attention over the 576 visual tokens starts uniform and the first hundreds of steps are spent leaving
-    that plateau; at 0.15 the scores already depend on the tokens' content (measured on the synthetic task,
-    docs/Training.md). Norm weights 1."""
+    attention over the 576 visual tokens starts uniform, at 0.15 its scores depend on the tokens' content from
+    the first step (on the synthetic task's text-only control both learn as fast: docs/Training.md). Norm
+    weights 1."""
     g = torch.Generator().manual_seed(seed)
     d, m, v = text["hidden_size"], text["intermediate_size"], text["vocab_size"]
     kv = text["num_key_value_heads"] * (d // text["num_attention_heads"])
@@ -248,9 +243,6 @@ def _train_init_state(text: dict, seed: int) -> dict[str, torch.Tensor]:
     sd["model.norm.weight"] = torch.ones(d)
     sd["lm_head.weight"] = w(v, d)
     return sd
-
-
-QK_INIT_STD = 0.15
 
 
 def _random_llava_state(text: dict, mm_hidden: int, seed: int) -> dict[str, torch.Tensor]:
@@ -373,13 +365,11 @@ def build(out: str, fmt: str = "llava", seed: int = 0, weights: str = "safetenso
     if language_model != "llama" and not next_:
         raise ValueError("--language-model mistral is for LLaVA-1.6 (llava-v1.6-mistral-7b): add --next")
     os.makedirs(out, exist_ok=True)
-    vocab = _train_tokenizer(out, seed)
+    vocab = _train_tokenizer(out, seed, legacy=tokenizer_legacy)
     tower_name = NEXT_TOWER_DIR if next_ else TOWER_DIR
     tower_dir = os.path.join(out, tower_name)
     os.makedirs(tower_dir, exist_ok=True)
     tower = _make_tower(tower_dir, seed, NEXT_IMAGE_SIZE if next_ else 336, colour=tower_kind == "colour")
-    if tokenizer_legacy:
-        _set_tokenizer_legacy(out)
     text = tiny_text_config(vocab, hidden_size, layers, heads)
     if language_model == "mistral":
         text = _mistral_text(text)

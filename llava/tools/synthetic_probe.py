@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from llava.conversation import conv_templates
+from llava.conversation import build_prompt
 from llava.mm_utils import tokenizer_image_token
 from llava.tools import make_synthetic_data as S
 
@@ -56,6 +56,13 @@ def colour_existence(rng: random.Random, scene, answer: bool) -> tuple[str, bool
     return f"Is there a {colour} shape in the image?", answer
 
 
+def with_hint(rng: random.Random, scene, q: str) -> str:
+    """`q` after the scene's colours written out, in a random order: the text-only control."""
+    colours = sorted({o[1] for o in scene.objects})
+    rng.shuffle(colours)
+    return f"Colors: {', '.join(colours)}. {q}"
+
+
 def question(rng: random.Random, scene, kind: str) -> tuple[str, str, bool]:
     """(question, answer, whether the image is shown) of one turn."""
     if kind == "colours":
@@ -65,9 +72,7 @@ def question(rng: random.Random, scene, kind: str) -> tuple[str, str, bool]:
         return S.yes_no(rng, scene, kind, want), "Yes" if want else "No", True
     q, answer = colour_existence(rng, scene, want)
     if kind == "colour_hint":
-        colours = sorted({o[1] for o in scene.objects})
-        rng.shuffle(colours)
-        return f"Colors: {', '.join(colours)}. {q}", "Yes" if answer else "No", False
+        return with_hint(rng, scene, q), "Yes" if answer else "No", False
     return q, "Yes" if answer else "No", True
 
 
@@ -163,9 +168,7 @@ class Probe:
                 q, answer = colour_existence(er, scene, want)
                 if want or not answer:
                     self.test_questions.append(("colour_existence", k, q, answer))
-                    colours = sorted({o[1] for o in scene.objects})
-                    er.shuffle(colours)  # the text-only control: the same question after the colours in words
-                    self.test_questions.append(("colour_hint", None, f"Colors: {', '.join(colours)}. {q}", answer))
+                    self.test_questions.append(("colour_hint", None, with_hint(er, scene, q), answer))
         self.model = build_model(len(self.tok), args, self.train_feats.shape[-1])
         self.yes = self.tok("Yes", add_special_tokens=False).input_ids[0]
         self.no = self.tok("No", add_special_tokens=False).input_ids[0]
@@ -201,14 +204,10 @@ class Probe:
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         right: dict[str, list[bool]] = {}
-        conv = conv_templates["vicuna_v1"]
         rows = []
         for sub, k, q, answer in self.test_questions:
-            c = conv.copy()
-            c.messages = []
-            c.append_message(c.roles[0], (f"<image>\n{q}" if k is not None else q) + f"\n{S.SHORT}")
-            c.append_message(c.roles[1], None)
-            ids = tokenizer_image_token(c.get_prompt(), self.tok, return_tensors="pt")
+            prompt = build_prompt(f"{q}\n{S.SHORT}", "vicuna_v1", n_images=int(k is not None))
+            ids = tokenizer_image_token(prompt, self.tok, return_tensors="pt")
             rows.append((sub, answer, (ids, ids.clone(), self.test_feats[k] if k is not None else None)))
         for i in range(0, len(rows), 16):
             chunk = rows[i:i + 16]
