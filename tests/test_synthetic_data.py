@@ -384,3 +384,83 @@ def test_rebuild_replaces_an_earlier_run(tmp_path):
     synth.build(out, seed=0, train=3, test=1, turns=2)
     synth.build(out, seed=0, train=2, test=1, turns=2)
     assert sorted(os.listdir(os.path.join(out, "train", "images"))) == ["000000.png", "000001.png"]
+
+
+# ------------------------------------------------------------------------------------------------ the colour task
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("synth-colour") / "d")
+    synth.build(out, seed=0, train=12, test=6, turns=4, train_radius=(30, 45), task="colour")
+    return out
+
+
+def test_colour_task_mme_asks_which_colours_the_pixels_show(colour_data):
+    truth = mme_truth(colour_data)
+    assert len(truth) == 2 * 6 and {qid.split("/")[0] for qid, _ in truth} == {"existence"}
+    per_image: dict[str, list[str]] = {}
+    for (qid, question), answer in truth.items():
+        objects, _ = detect(os.path.join(mme_dir(colour_data), qid))
+        assert 1 <= len(objects) <= 3  # so a colour is always left out: a No question exists
+        m = re.fullmatch(r"Is there a (\w+) shape in the image\? Please answer yes or no\.", question)
+        assert m, question
+        assert answer == ("Yes" if m[1] in {c for c, _ in objects.values()} else "No"), (qid, question)
+        per_image.setdefault(qid, []).append(answer)
+    assert all(sorted(a) == ["No", "Yes"] for a in per_image.values())
+
+
+def test_colour_task_training_conversations(colour_data):
+    root = os.path.join(colour_data, "train")
+    items = load(os.path.join(root, "synthetic_instruct.json"))
+    assert len(items) == 12
+    order = ["red", "green", "blue", "yellow"]
+    listed = 0
+    for item in items:
+        objects, _ = detect(os.path.join(root, "images", item["image"]))
+        colours = {c for c, _ in objects.values()}
+        conv = item["conversations"]
+        assert len(conv) == 2 * 4 and conv[0]["value"].startswith("<image>\n")
+        asked = []
+        for human, gpt in zip(conv[::2], conv[1::2], strict=True):
+            q, suffix = human["value"].replace("<image>\n", "").rsplit("\n", 1)
+            assert suffix == synth.SHORT and "<image>" not in human["value"][1:]
+            if q == "What colors are in the image?":
+                assert gpt["value"] == ", ".join(c for c in order if c in colours)
+                asked.append("list")
+                continue
+            m = re.fullmatch(r"Is there a (\w+) shape in the image\?", q)
+            assert m and gpt["value"] == ("Yes" if m[1] in colours else "No"), q
+            asked.append(m[1])
+        assert len(set(asked)) == 4  # --turns 4 of the five questions, none twice
+        listed += "list" in asked
+    assert 0 < listed < 12  # the list is one of the five in a random order
+
+
+def test_train_radius_sizes_training_shapes_only(colour_data, tmp_path):
+    root = os.path.join(colour_data, "train", "images")
+    for name in sorted(os.listdir(root)):
+        px = np.asarray(Image.open(os.path.join(root, name)).convert("RGB")).astype(int)
+        for cell in range(9):
+            block = px[112 * (cell // 3):112 * (cell // 3 + 1), 112 * (cell % 3):112 * (cell % 3 + 1)]
+            ys, xs = ((block.max(-1) - block.min(-1)) > 60).nonzero()
+            if len(ys):  # a shape of radius r spans 2r + 1 pixels
+                assert 61 <= xs.max() - xs.min() + 1 <= 91 and 61 <= ys.max() - ys.min() + 1 <= 91
+    # The held-out images do not depend on the training radius.
+    other = str(tmp_path / "d")
+    synth.build(other, seed=0, train=2, test=6, turns=4, task="colour")
+    a = load(os.path.join(colour_data, "manifest.json"))["pixel_sha256"]
+    b = load(os.path.join(other, "manifest.json"))["pixel_sha256"]
+    assert {k: v for k, v in a.items() if k.startswith("eval/")} == {k: v for k, v in b.items() if k.startswith("eval/")}
+    assert load(os.path.join(colour_data, "manifest.json"))["train_radius"] == [30, 45]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--train-radius", "3-10"], "--train-radius 3-10: needs 4 <= LO <= HI <= 50"),
+    (["--train-radius", "20-10"], "--train-radius 20-10: needs 4 <= LO <= HI <= 50"),
+    (["--train-radius", "big"], "--train-radius 'big' is not LO-HI"),
+])
+def test_bad_train_radius_is_a_one_line_error(tmp_path, flags, message):
+    r = run_cli("--out", str(tmp_path / "d"), *flags)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[0].startswith(f"error: {message}")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "d").exists()

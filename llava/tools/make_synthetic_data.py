@@ -59,6 +59,8 @@ SHAPES = ("circle", "square", "triangle")
 WORDS = ("STOP", "EXIT", "OPEN", "SALE", "CAFE", "PARK", "BUS", "TAXI")
 CELL_NAMES = ("top left", "top center", "top right", "middle left", "center", "middle right",
               "bottom left", "bottom center", "bottom right")
+RADIUS = (13, 17)  # the test scenes' shapes: 26-34 px across, a few of the 576 patches each
+MAX_RADIUS = (CELL - 12) // 2  # the largest shape that still fits in its cell with a 6 px margin
 NUMBERS = ("zero", "one", "two", "three", "four", "five")
 MAX_OBJECTS = 4
 TEXT_COLOUR = (0, 0, 0)
@@ -68,6 +70,7 @@ LETTER = "Answer with the option's letter from the given choices directly."
 YES_NO = "Please answer yes or no."
 MARKER = ".entropyprune-synthetic"
 MME_SUBTASKS = ("existence", "count", "position", "color", "OCR")
+TASKS = ("full", "colour")
 
 # 5x7 glyphs, one string of 5 characters per row ('#' = ink), for the letters of WORDS.
 GLYPHS = {
@@ -132,13 +135,13 @@ def word_size(word: str) -> tuple[int, int]:
     return (len(word) * 6 - 1) * GLYPH_SCALE, 7 * GLYPH_SCALE
 
 
-def make_scene(rng: random.Random, n_objects: int | None = None) -> Scene:
+def make_scene(rng: random.Random, n_objects: int | None = None, radius: tuple[int, int] = RADIUS) -> Scene:
     n = n_objects if n_objects is not None else rng.randint(1, MAX_OBJECTS)
     cells = rng.sample(range(9), n + 1)
     kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], n)
     objects = []
     for (shape, colour), cell in zip(kinds, cells[:n], strict=True):
-        r = rng.randint(13, 17)
+        r = rng.randint(*radius)
         x0, y0 = (cell % 3) * CELL, (cell // 3) * CELL
         cx = rng.randint(x0 + r + 6, x0 + CELL - r - 6)
         cy = rng.randint(y0 + r + 6, y0 + CELL - r - 6)
@@ -251,6 +254,37 @@ def open_question(rng: random.Random, scene: Scene) -> tuple[str, str]:
     return "What word is written in the image?", scene.word
 
 
+def colour_existence(rng: random.Random, scene: Scene, answer: bool) -> str:
+    """"Is there a <colour> shape in the image?" whose true answer is `answer` (a No needs a colour the scene
+    leaves out: the colour task's scenes always do)."""
+    present = sorted({obj[1] for obj in scene.objects})
+    options = present if answer else [c for c in COLOURS if c not in present]
+    if not options:
+        raise ValueError("every colour is in the scene: no No question exists")
+    return f"Is there a {rng.choice(options)} shape in the image?"
+
+
+COLOURS_QUESTION = "What colors are in the image?"
+
+
+def colours_answer(scene: Scene) -> str:
+    """The answer to COLOURS_QUESTION: the scene's colours in COLOURS' order, comma-separated."""
+    present = {obj[1] for obj in scene.objects}
+    return ", ".join(c for c in COLOURS if c in present)
+
+
+def colour_turns(rng: random.Random, scene: Scene, turns: int) -> list[tuple[str, str]]:
+    """The colour task's conversation: the open colour list ("What colors are in the image?") and "Is there a
+    <colour> shape in the image?" for each of the four colours, in a random order, at most `turns` of them (so
+    no question twice). An earlier answer may give a later one away in text; the held-out questions come one
+    at a time, so they are answered from the image."""
+    present = {obj[1] for obj in scene.objects}
+    qa = [(COLOURS_QUESTION, colours_answer(scene))]
+    qa += [(f"Is there a {c} shape in the image?", "Yes" if c in present else "No") for c in COLOURS]
+    rng.shuffle(qa)
+    return [(f"{q}\n{SHORT}", a) for q, a in qa[:turns]]
+
+
 def choice_question(rng: random.Random, scene: Scene) -> tuple[str, list[str], int]:
     """A multiple-choice question: (question, choices, index of the right one)."""
     shape, colour, cell, *_ = rng.choice(scene.objects)
@@ -320,19 +354,30 @@ def _save(img: Image.Image, path: str) -> None:
     img.save(path, format="PNG")
 
 
-def _test_scenes(seed: int, split: str, m: int) -> list[Scene]:
-    return [make_scene(stream(seed, split, i)) for i in range(m)]
+def _test_scenes(seed: int, split: str, m: int, task: str = "full") -> list[Scene]:
+    return [make_scene(stream(seed, split, i), n_objects(stream(seed, split, i, -1), task)) for i in range(m)]
 
 
-def make_mme(base: str, seed: int, m: int, hashes: dict) -> tuple[int, set]:
-    """MME's side-by-side layout for each subtask: <n>.png and <n>.txt ("question Please answer yes or no.<TAB>Yes")."""
+def n_objects(rng: random.Random, task: str) -> int | None:
+    """How many shapes a scene of `task` shows (None: make_scene's own 1 to MAX_OBJECTS). The colour task shows
+    at most 3, so that every image leaves at least one of the four colours out (a No question exists)."""
+    return rng.randint(1, len(COLOURS) - 1) if task == "colour" else None
+
+
+def make_mme(base: str, seed: int, m: int, hashes: dict, task: str = "full") -> tuple[int, set]:
+    """MME's side-by-side layout for each subtask: <n>.png and <n>.txt ("question Please answer yes or no.<TAB>Yes").
+    The colour task has one subtask, existence, asked by colour ("Is there a red shape in the image?")."""
     root = os.path.join(base, "MME", "MME_Benchmark_release_version")
     lines, signatures = [], set()
-    for cat in MME_SUBTASKS:
-        for i, scene in enumerate(_test_scenes(seed, f"test-mme-{cat}", m)):
-            rng = stream(seed, f"test-mme-{cat}-questions", i)
+    for cat in MME_SUBTASKS if task == "full" else ("existence",):
+        split = f"test-mme-{cat}" if task == "full" else f"test-{task}-mme-{cat}"
+        for i, scene in enumerate(_test_scenes(seed, split, m, task)):
+            rng = stream(seed, f"{split}-questions", i)
             signatures.add(scene.signature)
-            qa = [(yes_no(rng, scene, cat, True), "Yes"), (yes_no(rng, scene, cat, False), "No")]
+            if task == "full":
+                qa = [(yes_no(rng, scene, cat, True), "Yes"), (yes_no(rng, scene, cat, False), "No")]
+            else:
+                qa = [(colour_existence(rng, scene, True), "Yes"), (colour_existence(rng, scene, False), "No")]
             if rng.random() < 0.5:
                 qa.reverse()  # MME's pairs come in either order
             rel = f"{cat}/{i:04d}.png"
@@ -400,23 +445,26 @@ def make_textvqa(base: str, seed: int, m: int, hashes: dict) -> tuple[int, set]:
     return len(lines), signatures
 
 
-def training_scenes(seed: int, n: int, held_out: set) -> list[Scene]:
+def training_scenes(seed: int, n: int, held_out: set, radius: tuple[int, int] = RADIUS,
+                    task: str = "full") -> list[Scene]:
     """Training scene i from its own stream; one that shows a held-out test scene is redrawn (next attempt)."""
     scenes = []
     for i in range(n):
         attempt = 0
-        scene = make_scene(stream(seed, "train", i))
+        count = n_objects(stream(seed, "train", i, -1), task)
+        scene = make_scene(stream(seed, "train", i), count, radius)
         while scene.signature in held_out:
             attempt += 1
-            scene = make_scene(stream(seed, "train", i, attempt))
+            scene = make_scene(stream(seed, "train", i, attempt), count, radius)
         scenes.append(scene)
     return scenes
 
 
-def make_train(out: str, seed: int, n: int, turns: int, held_out: set, hashes: dict) -> int:
+def make_train(out: str, seed: int, n: int, turns: int, held_out: set, hashes: dict,
+               radius: tuple[int, int] = RADIUS, task: str = "full") -> int:
     root = os.path.join(out, "train")
     pretrain, instruct = [], []
-    for i, scene in enumerate(tqdm(training_scenes(seed, n, held_out), desc="training images", unit="img",
+    for i, scene in enumerate(tqdm(training_scenes(seed, n, held_out, radius, task), desc="training images", unit="img",
                                    disable=None)):
         rng = stream(seed, "train-questions", i)
         name = f"{i:06d}.png"
@@ -428,7 +476,7 @@ def make_train(out: str, seed: int, n: int, turns: int, held_out: set, hashes: d
             {"from": "human", "value": "<image>\n" + rng.choice(CAPTION_PROMPTS)},
             {"from": "gpt", "value": scene.caption()}]})
         conv = []
-        for k, (q, a) in enumerate(training_turns(rng, scene, turns)):
+        for k, (q, a) in enumerate((training_turns if task == "full" else colour_turns)(rng, scene, turns)):
             conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + q}, {"from": "gpt", "value": a}]
         instruct.append({"id": sid, "image": name, "conversations": conv})
     _write_json(os.path.join(root, "synthetic_pretrain.json"), pretrain)
@@ -436,11 +484,18 @@ def make_train(out: str, seed: int, n: int, turns: int, held_out: set, hashes: d
     return len(instruct)
 
 
-def build(out: str, seed: int = 0, train: int = 2000, test: int = 100, turns: int = 8) -> dict:
+def build(out: str, seed: int = 0, train: int = 2000, test: int = 100, turns: int = 8,
+          train_radius: tuple[int, int] = RADIUS, task: str = "full") -> dict:
     """Write everything under `out`; returns the counts. The same arguments give the same pixels."""
+    if task not in TASKS:
+        raise ValueError(f"--task must be one of {', '.join(TASKS)}, got {task!r}")
     for name, value, low in (("--train", train, 1), ("--test", test, 1), ("--turns", turns, 1)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    lo, hi = train_radius
+    if not 4 <= lo <= hi <= MAX_RADIUS:
+        raise ValueError(f"--train-radius {lo}-{hi}: needs 4 <= LO <= HI <= {MAX_RADIUS} (a shape fits in its "
+                         f"{CELL} px cell)")
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file, not a folder")
     if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
@@ -454,12 +509,14 @@ def build(out: str, seed: int = 0, train: int = 2000, test: int = 100, turns: in
     hashes: dict[str, str] = {}
     base = os.path.join(out, "eval")
     counts, held_out = {}, set()
-    for name, make in (("mme", make_mme), ("scienceqa", make_scienceqa), ("textvqa", make_textvqa)):
+    counts["mme"], held_out = make_mme(base, seed, test, hashes, task)
+    for name, make in (("scienceqa", make_scienceqa), ("textvqa", make_textvqa)):
         counts[name], signatures = make(base, seed, test, hashes)
         held_out |= signatures
-    counts["train"] = make_train(out, seed, train, turns, held_out, hashes)
+    counts["train"] = make_train(out, seed, train, turns, held_out, hashes, train_radius, task)
     _write_json(os.path.join(out, "manifest.json"), {
-        "seed": seed, "train": train, "test": test, "turns": turns, "counts": counts,
+        "seed": seed, "train": train, "test": test, "turns": turns, "task": task, "train_radius": list(train_radius),
+        "counts": counts,
         "pixel_sha256": dict(sorted(hashes.items()))}, indent=1)
     return counts
 
@@ -472,8 +529,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test", type=int, default=100,
                     help="test images per MME subtask (2 questions each), ScienceQA problems, TextVQA questions")
     ap.add_argument("--turns", type=int, default=8, help="question turns per training conversation")
+    ap.add_argument("--task", default="full", choices=TASKS,
+                    help="full: every question kind; colour: only which colours the image shows (the demo model's "
+                         "task: training turns and the MME set ask it)")
+    ap.add_argument("--train-radius", default=f"{RADIUS[0]}-{RADIUS[1]}", metavar="LO-HI",
+                    help="radius range in px of the training images' shapes (the test images keep "
+                         f"{RADIUS[0]}-{RADIUS[1]}); bigger shapes teach a small model to find them sooner")
     args = ap.parse_args(argv)
-    counts = build(args.out, args.seed, args.train, args.test, args.turns)
+    try:
+        lo, hi = (int(v) for v in args.train_radius.split("-"))
+    except ValueError:
+        raise ValueError(f"--train-radius {args.train_radius!r} is not LO-HI (two integers, e.g. 13-40)") from None
+    counts = build(args.out, args.seed, args.train, args.test, args.turns, (lo, hi), args.task)
     print(f"synthetic data written to {args.out} (train conversations {counts['train']}; questions: MME "
           f"{counts['mme']}, ScienceQA {counts['scienceqa']}, TextVQA {counts['textvqa']})")
     return counts

@@ -140,6 +140,9 @@ class Probe:
 
         self.args = args
         manifest = json.load(open(os.path.join(args.data, "manifest.json"), encoding="utf-8"))
+        if manifest.get("task", "full") != "full":
+            raise ValueError(f"{args.data} holds the {manifest['task']!r} task; the probe reads make_synthetic_data's "
+                             "full task (--task full)")
         seed, m, n = manifest["seed"], manifest["test"], manifest["train"]
         self.tok = load_tokenizer(args.checkpoint)
         self.tok.pad_token = self.tok.unk_token
@@ -147,7 +150,7 @@ class Probe:
         held = set()
         for split in [f"test-mme-{c}" for c in S.MME_SUBTASKS] + ["test-sqa", "test-textvqa"]:
             held |= {s.signature for s in S._test_scenes(seed, split, m)}
-        self.scenes = S.training_scenes(seed, n, held)
+        self.scenes = S.training_scenes(seed, n, held, tuple(manifest.get("train_radius", S.RADIUS)))
         self.train_feats = tower_features(
             tower, [os.path.join(args.data, "train", "images", f"{i:06d}.png") for i in range(n)],
             os.path.join(args.out, "train_features.pt"))
