@@ -73,7 +73,7 @@ def table(args, tokenizer, model, processor) -> None:
     for n in budgets:
         for m in methods:
             layer = 0 if get_spec(m).stage == "vision" else args.layer
-            configs.append((f"{m}@{n} (K={layer})", PruneConfig(method=m, layer=layer, keep=n)))
+            configs.append((f"{m}@{n} (K={layer})", PruneConfig(method=m, layer=layer, keep=n, seed=args.seed)))
     results = []
     for label, cfg in configs:
         t0 = time.perf_counter()
@@ -100,6 +100,7 @@ def main(argv=None) -> None:
     ap.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated registry names (table rows)")
     ap.add_argument("--budgets", default="192,128,64", help="visual tokens kept per image (table rows)")
     ap.add_argument("--layer", type=int, default=1, help="K for the in-language-model methods of the table")
+    ap.add_argument("--seed", type=int, default=0, help="the pruning seed (random's draw) of the table's rows")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--limit", type=int, default=0, help="only the first N questions (0: all)")
     ap.add_argument("--query", default="What shapes are in the image?")

@@ -1,6 +1,7 @@
 """A synthetic visual task, rendered deterministically from a seed, in LLaVA's training and benchmark formats.
 
     python -m llava.tools.make_synthetic_data --out DIR [--seed 0] [--train 2000] [--test 100] [--turns 8]
+        [--task full|colour] [--train-radius 13-17]
 
 Every image is 336x336 (what LLaVA-1.5's CLIP tower sees: 24x24 patches of 14 px) on a light grey
 background divided into a 3x3 grid of 112 px cells. One to four small shapes (circle, square, triangle;
@@ -31,6 +32,11 @@ What it writes:
 ScienceQA problems and M TextVQA questions. The drivers and scorers read the eval folders unchanged,
 e.g. `llava.eval.model_vqa_loader --question-file DIR/eval/MME/llava_mme.jsonl --image-folder
 DIR/eval/MME/MME_Benchmark_release_version` then `llava.eval.eval_mme --mme-dir ...`.
+
+`--task colour` (the demo model's task) asks only which colours an image shows: one to three shapes per image,
+training conversations of "What colors are in the image?" and "Is there a red shape in the image?" for each
+colour in a random order, and an MME set with one subtask, existence, asked that way. `--train-radius LO-HI`
+sizes the training images' shapes (bigger ones are found sooner by a small model); the test images keep 13-17.
 
 Determinism: each image comes from its own `random.Random` stream named by (seed, split, index) and is
 drawn by integer arithmetic on a pixel buffer (no anti-aliasing, no font files), so the pixels are the
