@@ -48,6 +48,28 @@ def test_bad_folders_are_refused(tmp_path):
         T.load_questions(str(tmp_path))
 
 
+def test_mme_release_layouts_are_read(tmp_path):
+    # The real release: .jpg beside the .txt for some subtasks, images/ + questions_answers_YN/ for others.
+    from PIL import Image
+
+    (tmp_path / "color").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "color" / "000000028993.jpg")
+    (tmp_path / "color" / "000000028993.txt").write_text(
+        "Is the car red? Please answer yes or no.\tYes\nIs the car blue? Please answer yes or no.\tNo\n")
+    (tmp_path / "artwork" / "images").mkdir(parents=True)
+    (tmp_path / "artwork" / "questions_answers_YN").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "artwork" / "images" / "10002.jpg")
+    (tmp_path / "artwork" / "questions_answers_YN" / "10002.txt").write_text("Is this a painting?\tyes\n")
+    qs = T.load_questions(str(tmp_path))
+    assert [(q.category, os.path.relpath(q.image, tmp_path), q.text, q.answer) for q in qs] == [
+        ("artwork", os.path.join("artwork", "images", "10002.jpg"), "Is this a painting?", "yes"),
+        ("color", os.path.join("color", "000000028993.jpg"), "Is the car red?", "yes"),
+        ("color", os.path.join("color", "000000028993.jpg"), "Is the car blue?", "no")]
+    (tmp_path / "count" / "images").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="has images/ but no questions_answers_YN/"):
+        T.load_questions(str(tmp_path))
+
+
 def test_scores_by_hand():
     qs = [T.Question("color", "a.png", "q1", "yes"), T.Question("color", "a.png", "q2", "no"),
           T.Question("count", "b.png", "q3", "yes"), T.Question("count", "b.png", "q4", "no")]

@@ -51,7 +51,7 @@ PERCEPTION = (
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 LLAVA_SUFFIX = "Answer the question using a single word or phrase."
 YES_NO_SUFFIX = "Please answer yes or no."
-_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 @dataclass
@@ -107,7 +107,7 @@ def load_ground_truth(mme_dir: str) -> dict[tuple[str, str], _Image]:
         stems = {}
         for name in os.listdir(image_dir):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in _IMAGE_EXTS:
+            if ext.lower() in IMAGE_EXTS:
                 stems[stem] = name
         for txt in sorted(os.listdir(qa_dir)):
             if not txt.endswith(".txt"):

@@ -1,13 +1,14 @@
 """The embedded default job (``make demo``): what visual-token pruning costs, on a model that sees.
 
-    python -m llava.tools.demo --model-path checkpoints/llava-synthetic-tiny \
-        --mme-dir playground/data/synthetic/eval/MME/MME_Benchmark_release_version
+    python -m llava.tools.demo --model-path playground/demo/llava-v1.5-tiny-colour \
+        --mme-dir playground/data/synthetic-colour/eval/MME/MME_Benchmark_release_version
 
 With ``--mme-dir`` (a folder in MME's layout, e.g. the synthetic task's held-out set): one table, accuracy and
 prefill time for the unpruned model and each method at each budget (``llava.tools.demo_table``), then one
-example answer with and without pruning. Without it: one question about one drawn image, with and without
-EntropyPrune, which shows the whole path (tokenizer, CLIP tower, projector, splice, pruning at layer K, cached
-decoding) running on any checkpoint, random-weight ones included.
+example answer with and without pruning (the first question the unpruned model gets right and random at the
+smallest budget gets wrong). ``--seed`` sets the pruning seed (random's draw). Without it: one question about
+one drawn image, with and without EntropyPrune, which shows the whole path (tokenizer, CLIP tower, projector,
+splice, pruning at layer K, cached decoding) running on any checkpoint, random-weight ones included.
 """
 
 from __future__ import annotations

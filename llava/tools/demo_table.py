@@ -29,7 +29,7 @@ from entropyprune.config import PruneConfig
 from llava.conversation import build_prompt
 from llava.decoding import decode_answer
 from llava.eval.batching import Prepared, _images_of, answer_stream, collate
-from llava.eval.eval_mme import LLAVA_SUFFIX, YES_NO_SUFFIX, parse_pred
+from llava.eval.eval_mme import IMAGE_EXTS, LLAVA_SUFFIX, YES_NO_SUFFIX, parse_pred
 from llava.mm_utils import process_images, tokenizer_image_token
 
 
@@ -42,7 +42,9 @@ class Question:
 
 
 def load_questions(mme_dir: str) -> list[Question]:
-    """Every question of an MME-layout folder (``<subtask>/<n>.png`` + ``<n>.txt``), subtasks in name order."""
+    """Every question of an MME-layout folder, subtasks in name order. Both of MME's layouts: ``<subtask>/<n>.txt``
+    beside its image, and ``<subtask>/images/`` with ``<subtask>/questions_answers_YN/`` (any image extension
+    MME's scorer reads)."""
     if not os.path.isdir(mme_dir):
         raise FileNotFoundError(f"no MME folder at {mme_dir!r}")
     out = []
@@ -50,19 +52,27 @@ def load_questions(mme_dir: str) -> list[Question]:
         cat_dir = os.path.join(mme_dir, cat)
         if not os.path.isdir(cat_dir):
             continue
-        for name in sorted(os.listdir(cat_dir)):
+        image_dir = qa_dir = cat_dir
+        if os.path.isdir(os.path.join(cat_dir, "images")):
+            image_dir, qa_dir = os.path.join(cat_dir, "images"), os.path.join(cat_dir, "questions_answers_YN")
+            if not os.path.isdir(qa_dir):
+                raise FileNotFoundError(f"{cat_dir} has images/ but no questions_answers_YN/")
+        stems = {os.path.splitext(n)[0]: n for n in sorted(os.listdir(image_dir))
+                 if os.path.splitext(n)[1].lower() in IMAGE_EXTS}
+        for name in sorted(os.listdir(qa_dir)):
             if not name.endswith(".txt"):
                 continue
-            image = os.path.join(cat_dir, name[:-4] + ".png")
-            if not os.path.isfile(image):
-                raise FileNotFoundError(f"{os.path.join(cat_dir, name)} has no image {image}")
-            with open(os.path.join(cat_dir, name), encoding="utf-8") as f:
+            if name[:-4] not in stems:
+                raise FileNotFoundError(f"{os.path.join(qa_dir, name)} has no image "
+                                        f"{os.path.join(image_dir, name[:-4])}.png (or .jpg)")
+            image = os.path.join(image_dir, stems[name[:-4]])
+            with open(os.path.join(qa_dir, name), encoding="utf-8") as f:
                 for lineno, line in enumerate(f, 1):
                     if not line.strip():
                         continue
                     q, sep, a = line.rstrip("\n").partition("\t")
                     if not sep or a.lower() not in ("yes", "no"):
-                        raise ValueError(f"{os.path.join(cat_dir, name)}:{lineno}: expected 'question<TAB>Yes|No'")
+                        raise ValueError(f"{os.path.join(qa_dir, name)}:{lineno}: expected 'question<TAB>Yes|No'")
                     q = q.removesuffix(" " + YES_NO_SUFFIX)
                     out.append(Question(cat, image, q, a.lower()))
     if not out:
